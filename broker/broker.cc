@@ -1,0 +1,149 @@
+#include "broker.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
+
+#include <asio/post.hpp>
+#include <fstream>
+#include <future>
+
+#include "grpc/health/v1/health.pb.h"
+
+namespace errand {
+namespace {
+
+constexpr const char* kServices[] = {"errand.v1.Jobs", "errand.v1.Workers", "errand.v1.Events",
+                                     "errand.v1.Admin"};
+
+// Runs `fn` on core and waits for it. Only for start and stop.
+template <typename F>
+void RunOnCore(asio::io_context& core, F fn) {
+  std::promise<void> done;
+  asio::post(core, [&] {
+    fn();
+    done.set_value();
+  });
+  done.get_future().wait();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
+  if (auto s = config.Validate(); !s.ok()) return s;
+  std::unique_ptr<Broker> b(new Broker(config));
+
+  auto store = store::JobStore::Open({config.data_dir, nullptr});
+  if (!store.ok()) return store.status();
+  b->store_ = std::move(*store);
+  auto last_seq = b->store_->LastEventSeq();
+  if (!last_seq.ok()) return last_seq.status();
+
+  commit::CommitPipeline::Options popts;
+  popts.mode = config.commit;
+  popts.sync_interval = config.sync_interval;
+  Broker* raw = b.get();
+  b->pipeline_ = std::make_unique<commit::CommitPipeline>(
+      b->store_.get(), popts,
+      [raw](std::function<void()> fn) { asio::post(raw->core_, std::move(fn)); }, *last_seq);
+
+  dispatch::EngineOptions eopts;
+  eopts.default_lease = config.default_lease;
+  eopts.default_max_attempts = config.default_max_attempts;
+  eopts.sync_by_default = config.commit == commit::SyncMode::kAlways;
+  b->engine_ = std::make_unique<dispatch::Engine>(b->core_, b->clock_, b->pipeline_.get(), eopts,
+                                                  b->store_->boot_epoch());
+  if (auto s = b->engine_->Recover(*b->store_); !s.ok()) return s;
+
+  b->pipeline_->Start();
+  b->work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
+      b->core_.get_executor());
+  b->core_thread_ = std::thread([raw] { raw->core_.run(); });
+  RunOnCore(b->core_, [raw] { raw->engine_->Start(); });
+
+  auto& ctx = b->ctx_;
+  ctx.core = &b->core_;
+  ctx.engine = b->engine_.get();
+  ctx.pipeline = b->pipeline_.get();
+  ctx.clock = &b->clock_;
+  ctx.limits.max_payload_bytes = config.max_payload_bytes;
+  ctx.limits.max_batch = config.max_batch;
+  ctx.sync_by_default = eopts.sync_by_default;
+  ctx.sync_interval = config.sync_interval;
+  ctx.started_at = b->clock_.Now();
+  ctx.boot_epoch = b->store_->boot_epoch();
+  ctx.version = ERRAND_VERSION;
+  b->jobs_service_ = std::make_unique<service::JobsService>(&ctx);
+  b->workers_service_ = std::make_unique<service::WorkersService>(&ctx);
+  b->events_service_ = std::make_unique<service::EventsService>(&ctx);
+  b->admin_service_ = std::make_unique<service::AdminService>(&ctx);
+
+  // Linking the health messages lets reflection describe grpc.health.v1.
+  (void)grpc::health::v1::HealthCheckRequest::descriptor();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &b->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  builder.RegisterService(b->jobs_service_.get());
+  builder.RegisterService(b->workers_service_.get());
+  builder.RegisterService(b->events_service_.get());
+  builder.RegisterService(b->admin_service_.get());
+  b->server_ = builder.BuildAndStart();
+  if (!b->server_ || b->port_ == 0) {
+    b->Stop().IgnoreError();
+    return absl::UnavailableError("cannot listen on " + config.listen);
+  }
+  if (auto* health = b->server_->GetHealthCheckService()) {
+    health->SetServingStatus(true);
+    for (const char* s : kServices) health->SetServingStatus(s, true);
+  }
+  if (!config.port_file.empty()) {
+    std::string tmp = config.port_file + ".tmp";
+    {
+      std::ofstream out(tmp);
+      out << b->port_ << "\n";
+    }
+    std::rename(tmp.c_str(), config.port_file.c_str());
+  }
+  spdlog::info("errand-broker {} serving on port {} (listen {}, data {}, commit {}{}, epoch {})",
+               ERRAND_VERSION, b->port_, config.listen, config.data_dir,
+               ctx.sync_by_default ? "sync" : "async",
+               ctx.sync_by_default ? ""
+                                   : ", sync every " +
+                                         std::to_string(config.sync_interval.count()) + " ms",
+               ctx.boot_epoch);
+  return b;
+}
+
+absl::Status Broker::Stop() {
+  if (stopped_) return absl::OkStatus();
+  stopped_ = true;
+  if (server_) {
+    if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
+  }
+  // 1. Refuse new work and answer long polls.
+  if (core_thread_.joinable()) RunOnCore(core_, [this] { engine_->Shutdown(); });
+  // 2. Let in-flight calls finish; their commits still run.
+  if (server_) {
+    server_->Shutdown(std::chrono::system_clock::now() + config_.shutdown_grace);
+    server_->Wait();
+  }
+  // 3. Commit and fsync whatever is queued; results go to core.
+  if (pipeline_) pipeline_->Stop();
+  // 4. Drain core.
+  if (core_thread_.joinable()) {
+    work_.reset();
+    core_thread_.join();
+  }
+  absl::Status s = store_ ? store_->Close() : absl::OkStatus();
+  auto st = pipeline_ ? pipeline_->stats() : commit::CommitPipeline::Stats{};
+  spdlog::info("errand-broker stopped: {} writes in {} commits, {} fsyncs", st.writes, st.groups,
+               st.fsyncs);
+  return s;
+}
+
+Broker::~Broker() { Stop().IgnoreError(); }
+
+}  // namespace errand

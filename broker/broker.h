@@ -1,0 +1,65 @@
+#pragma once
+
+#include <absl/status/statusor.h>
+#include <grpcpp/grpcpp.h>
+
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <memory>
+#include <thread>
+
+#include "commit/commit_pipeline.h"
+#include "config.h"
+#include "dispatch/engine.h"
+#include "service/admin_service.h"
+#include "service/context.h"
+#include "service/events_service.h"
+#include "service/jobs_service.h"
+#include "service/workers_service.h"
+#include "store/job_store.h"
+#include "util/clock.h"
+
+namespace errand {
+
+// The composition root: owns the store, the commit pipeline, the core thread
+// with its Engine, and the gRPC server, and starts and stops them in order.
+//
+// Thread: Start and Stop are called from the main thread.
+class Broker {
+ public:
+  // Opens the store, recovers, starts every thread and serves.
+  static absl::StatusOr<std::unique_ptr<Broker>> Start(const Config& config);
+  ~Broker();
+  Broker(const Broker&) = delete;
+  Broker& operator=(const Broker&) = delete;
+
+  // The bound gRPC port.
+  int port() const { return port_; }
+
+  // Graceful stop: refuse new work, answer waiting calls, let in-flight calls
+  // finish (up to the shutdown grace), commit and fsync everything queued,
+  // close the store. Idempotent.
+  absl::Status Stop();
+
+ private:
+  explicit Broker(const Config& config) : config_(config) {}
+
+  Config config_;
+  util::SystemClock clock_;
+  std::unique_ptr<store::JobStore> store_;
+  asio::io_context core_{1};
+  std::unique_ptr<asio::executor_work_guard<asio::io_context::executor_type>> work_;
+  std::thread core_thread_;
+  std::unique_ptr<commit::CommitPipeline> pipeline_;
+  std::unique_ptr<dispatch::Engine> engine_;
+  service::ServiceContext ctx_;
+  std::unique_ptr<service::JobsService> jobs_service_;
+  std::unique_ptr<service::WorkersService> workers_service_;
+  std::unique_ptr<service::EventsService> events_service_;
+  std::unique_ptr<service::AdminService> admin_service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  bool stopped_ = false;
+};
+
+}  // namespace errand

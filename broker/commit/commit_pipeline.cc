@@ -1,0 +1,166 @@
+#include "commit/commit_pipeline.h"
+
+#include <rocksdb/write_batch.h>
+
+#include <utility>
+
+#include "store/keys.h"
+
+namespace errand::commit {
+
+CommitPipeline::CommitPipeline(store::JobStore* store, Options options, Post post,
+                               uint64_t last_event_seq)
+    : store_(store),
+      options_(options),
+      post_(std::move(post)),
+      event_seq_(last_event_seq),
+      committed_event_seq_(last_event_seq) {}
+
+CommitPipeline::~CommitPipeline() { Stop(); }
+
+void CommitPipeline::Start() {
+  absl::MutexLock lock(&mu_);
+  if (started_) return;
+  started_ = true;
+  thread_ = std::thread([this] { Run(); });
+}
+
+void CommitPipeline::Submit(Mutation m, Done done) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!stopping_) {
+      queue_.push_back(Item{std::move(m), std::move(done)});
+      return;
+    }
+  }
+  post_([done = std::move(done)]() mutable {
+    CommitResult r;
+    r.status = absl::UnavailableError("broker is shutting down");
+    done(std::move(r));
+  });
+}
+
+void CommitPipeline::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (!started_) {
+      started_ = true;
+      thread_ = std::thread([this] { Run(); });
+    }
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+CommitPipeline::Stats CommitPipeline::stats() const {
+  return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load()};
+}
+
+void CommitPipeline::Run() {
+  std::vector<Item> group;
+  for (;;) {
+    bool stop = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return !queue_.empty() || stopping_;
+      };
+      if (unsynced_) {
+        auto deadline = first_unsynced_ + options_.sync_interval;
+        auto now = std::chrono::steady_clock::now();
+        if (deadline > now) {
+          mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::FromChrono(deadline - now));
+        }
+      } else {
+        mu_.Await(absl::Condition(&has_work));
+      }
+      if (queue_.size() <= options_.max_group) {
+        group.swap(queue_);
+      } else {
+        group.assign(std::make_move_iterator(queue_.begin()),
+                     std::make_move_iterator(queue_.begin() + options_.max_group));
+        queue_.erase(queue_.begin(), queue_.begin() + options_.max_group);
+      }
+      stop = stopping_ && queue_.empty();
+    }
+    if (!group.empty()) {
+      CommitGroup(group);
+      group.clear();
+    }
+    if (unsynced_ &&
+        (stop || std::chrono::steady_clock::now() - first_unsynced_ >= options_.sync_interval)) {
+      if (store_->SyncWAL().ok()) {
+        fsyncs_++;
+        unsynced_ = false;
+      }
+    }
+    if (stop) return;
+  }
+}
+
+void CommitPipeline::CommitGroup(std::vector<Item>& group) {
+  rocksdb::WriteBatch batch;
+  bool sync = false;
+  const uint64_t first_seq = event_seq_;
+  uint64_t seq = first_seq;
+  for (Item& item : group) {
+    sync = sync || item.mutation.sync;
+    for (const WriteOp& op : item.mutation.ops) {
+      rocksdb::ColumnFamilyHandle* cf = op.cf == Cf::kJobs     ? store_->jobs_cf()
+                                        : op.cf == Cf::kEvents ? store_->events_cf()
+                                                               : store_->db()->DefaultColumnFamily();
+      if (op.value) {
+        batch.Put(cf, op.key, *op.value);
+      } else {
+        batch.Delete(cf, op.key);
+      }
+    }
+    for (v1::Event& e : item.mutation.events) {
+      e.set_seq(++seq);
+      batch.Put(store_->events_cf(), store::EncodeBE64(seq), e.SerializeAsString());
+    }
+  }
+  absl::Status status = store_->Write(&batch, sync);
+  bool synced = false;
+  uint64_t commit_seq = 0;
+  if (status.ok()) {
+    event_seq_ = seq;
+    committed_event_seq_.store(seq);
+    groups_++;
+    writes_ += group.size();
+    if (sync) {
+      fsyncs_++;
+      unsynced_ = false;
+    } else if (!unsynced_) {
+      unsynced_ = true;
+      first_unsynced_ = std::chrono::steady_clock::now();
+    }
+    synced = sync;
+    commit_seq = store_->LatestSequence();
+  } else {
+    failed_ += group.size();
+  }
+  struct Result {
+    Done done;
+    std::vector<v1::Event> events;
+  };
+  std::vector<Result> results;
+  results.reserve(group.size());
+  for (Item& item : group) {
+    Result r{std::move(item.done), {}};
+    if (status.ok()) r.events = std::move(item.mutation.events);
+    results.push_back(std::move(r));
+  }
+  post_([results = std::move(results), status, synced, commit_seq]() mutable {
+    for (Result& r : results) {
+      CommitResult cr;
+      cr.status = status;
+      cr.synced = synced;
+      cr.commit_seq = commit_seq;
+      cr.events = std::move(r.events);
+      r.done(std::move(cr));
+    }
+  });
+}
+
+}  // namespace errand::commit

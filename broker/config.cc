@@ -1,0 +1,58 @@
+#include "config.h"
+
+#include <cctype>
+
+namespace errand {
+
+absl::StatusOr<std::chrono::microseconds> ParseDuration(const std::string& text,
+                                                        std::chrono::microseconds bare_unit) {
+  size_t i = 0;
+  while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
+  if (i == 0 || i > 12) return absl::InvalidArgumentError("\"" + text + "\" is not a duration");
+  int64_t n = std::stoll(text.substr(0, i));
+  std::string unit = text.substr(i);
+  std::chrono::microseconds u;
+  if (unit.empty()) {
+    u = bare_unit;
+  } else if (unit == "us") {
+    u = std::chrono::microseconds(1);
+  } else if (unit == "ms") {
+    u = std::chrono::milliseconds(1);
+  } else if (unit == "s") {
+    u = std::chrono::seconds(1);
+  } else if (unit == "m") {
+    u = std::chrono::minutes(1);
+  } else if (unit == "h") {
+    u = std::chrono::hours(1);
+  } else {
+    return absl::InvalidArgumentError("\"" + text + "\": unknown unit (use ms, s, m or h)");
+  }
+  return u * n;
+}
+
+absl::Status Config::Validate() const {
+  if (listen.empty()) return absl::InvalidArgumentError("--listen is empty");
+  if (data_dir.empty()) return absl::InvalidArgumentError("--data-dir is empty");
+  if (sync_interval.count() < 1 || sync_interval > std::chrono::seconds(60)) {
+    return absl::InvalidArgumentError("--sync-interval must be 1..60000 ms");
+  }
+  if (default_lease < std::chrono::seconds(1) || default_lease > std::chrono::hours(24)) {
+    return absl::InvalidArgumentError("--default-lease must be between 1s and 24h");
+  }
+  if (default_max_attempts < 1 || default_max_attempts > 1000) {
+    return absl::InvalidArgumentError("--default-max-attempts must be 1..1000");
+  }
+  if (max_payload_bytes < 1 || max_payload_bytes > (64u << 20)) {
+    return absl::InvalidArgumentError("--max-payload-bytes must be 1..67108864");
+  }
+  if (max_batch < 1 || max_batch > 100000) {
+    return absl::InvalidArgumentError("--max-batch must be 1..100000");
+  }
+  if (max_message_bytes < max_payload_bytes + (64 << 10)) {
+    return absl::InvalidArgumentError(
+        "--max-message-bytes must exceed --max-payload-bytes by at least 64 KiB");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace errand

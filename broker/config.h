@@ -1,0 +1,51 @@
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "commit/commit_pipeline.h"
+
+namespace errand {
+
+// Everything the broker can be told at start. Each field's comment gives its
+// flag and default; Validate() explains what is wrong with a bad value.
+struct Config {
+  // --listen: gRPC address. Default: 127.0.0.1:7600. Port 0 picks a free one.
+  std::string listen = "127.0.0.1:7600";
+  // --data-dir: RocksDB directory, created when missing. Default: ./errand-data.
+  std::string data_dir = "errand-data";
+  // --commit: kAlways ("sync") acknowledges after fsync; kInterval ("async")
+  // after the WAL write, with a background fsync every sync_interval.
+  // Default: sync.
+  commit::SyncMode commit = commit::SyncMode::kAlways;
+  // --sync-interval: async mode's longest unsynced window. Default: 100 ms.
+  std::chrono::milliseconds sync_interval{100};
+  // --default-lease: lease of jobs that name none. Default: 30s.
+  std::chrono::microseconds default_lease{std::chrono::seconds(30)};
+  // --default-max-attempts. Default: 5.
+  uint32_t default_max_attempts = 5;
+  // --max-payload-bytes. Default: 1 MiB.
+  size_t max_payload_bytes = 1 << 20;
+  // --max-batch: most jobs per EnqueueBatch. Default: 1000.
+  size_t max_batch = 1000;
+  // --max-message-bytes: largest gRPC message accepted. Default: 64 MiB.
+  size_t max_message_bytes = 64 << 20;
+  // --port-file: write the bound port here once serving (for scripts and
+  // tests that listen on port 0). Default: none.
+  std::string port_file;
+  // --shutdown-grace: how long SIGTERM waits for in-flight calls. Default: 5s.
+  std::chrono::milliseconds shutdown_grace{5000};
+
+  absl::Status Validate() const;
+};
+
+// Parses "250ms", "30s", "5m", "1h" (a bare number means `bare_unit`).
+absl::StatusOr<std::chrono::microseconds> ParseDuration(const std::string& text,
+                                                        std::chrono::microseconds bare_unit);
+
+}  // namespace errand

@@ -1,0 +1,44 @@
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "util/clock.h"
+
+namespace errand::dispatch {
+
+// Job ids keyed by a time: lease deadlines, run_at times of scheduled jobs.
+// The broker arms one timer at Earliest() instead of one per job (as
+// beanstalkd's prottick does).
+//
+// Thread: core. Not synchronised.
+class DeadlineSet {
+ public:
+  using TimePoint = util::Clock::TimePoint;
+
+  void Add(TimePoint t, uint64_t job_id) { set_.emplace(t, job_id); }
+  bool Remove(TimePoint t, uint64_t job_id) { return set_.erase({t, job_id}) > 0; }
+  std::optional<TimePoint> Earliest() const {
+    if (set_.empty()) return std::nullopt;
+    return set_.begin()->first;
+  }
+  // Removes and returns every id whose time is <= now, earliest first.
+  std::vector<uint64_t> PopDue(TimePoint now) {
+    std::vector<uint64_t> due;
+    while (!set_.empty() && set_.begin()->first <= now) {
+      due.push_back(set_.begin()->second);
+      set_.erase(set_.begin());
+    }
+    return due;
+  }
+  size_t size() const { return set_.size(); }
+
+ private:
+  std::set<std::pair<TimePoint, uint64_t>> set_;
+};
+
+}  // namespace errand::dispatch

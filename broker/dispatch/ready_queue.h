@@ -1,0 +1,55 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <tuple>
+
+namespace errand::dispatch {
+
+// The READY jobs of one queue in delivery order: higher priority first, FIFO
+// (by the order in which jobs became ready) within one priority.
+//
+// Thread: core. Not synchronised.
+class ReadyQueue {
+ public:
+  struct Entry {
+    int32_t priority;
+    // Increases each time any job becomes ready; orders FIFO within a
+    // priority and tells the oldest ready job.
+    uint64_t ready_seq;
+    uint64_t job_id;
+  };
+
+  void Push(const Entry& e);
+  // Removes `e` if present; returns whether it was.
+  bool Erase(const Entry& e);
+  // The next job to deliver, without removing it.
+  std::optional<Entry> Front() const;
+  std::optional<Entry> PopFront();
+  // The entry that became ready first (smallest ready_seq), any priority.
+  std::optional<Entry> Oldest() const;
+  size_t size() const { return by_order_.size(); }
+  bool empty() const { return by_order_.empty(); }
+
+  // True when `a` is delivered before `b`.
+  static bool Before(const Entry& a, const Entry& b) {
+    return std::make_tuple(-static_cast<int64_t>(a.priority), a.ready_seq, a.job_id) <
+           std::make_tuple(-static_cast<int64_t>(b.priority), b.ready_seq, b.job_id);
+  }
+
+ private:
+  struct ByOrder {
+    bool operator()(const Entry& a, const Entry& b) const { return Before(a, b); }
+  };
+  struct BySeq {
+    bool operator()(const Entry& a, const Entry& b) const {
+      return std::tie(a.ready_seq, a.job_id) < std::tie(b.ready_seq, b.job_id);
+    }
+  };
+  std::set<Entry, ByOrder> by_order_;
+  std::set<Entry, BySeq> by_seq_;
+};
+
+}  // namespace errand::dispatch

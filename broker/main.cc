@@ -1,0 +1,105 @@
+// errand-broker: the durable job broker daemon.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include "broker.h"
+#include "config.h"
+
+namespace {
+
+bool ParseDurationFlag(const std::string& text, std::chrono::microseconds bare_unit,
+                       const char* flag, std::chrono::microseconds* out) {
+  auto d = errand::ParseDuration(text, bare_unit);
+  if (!d.ok()) {
+    std::fprintf(stderr, "errand-broker: %s: %s\n", flag, std::string(d.status().message()).c_str());
+    return false;
+  }
+  *out = *d;
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  errand::Config config;
+  CLI::App app{
+      "errand-broker: a durable job broker with pub/sub.\n\n"
+      "Producers enqueue jobs over gRPC (package errand.v1) and get an id back once the job is\n"
+      "committed; workers lease jobs, and complete or fail them. Server reflection and\n"
+      "grpc.health.v1.Health are served, so `grpcurl -plaintext ADDR list` works.\n"};
+  std::string commit = "sync";
+  std::string default_lease = "30s";
+  std::string shutdown_grace = "5s";
+  int64_t sync_interval_ms = 100;
+  app.add_option("--listen", config.listen, "gRPC listen address (port 0 picks a free port)")
+      ->capture_default_str();
+  app.add_option("--data-dir", config.data_dir, "data directory, created when missing")
+      ->capture_default_str();
+  app.add_option("--commit", commit,
+                 "sync: acknowledge a write after the WAL is fsynced (concurrent writes share\n"
+                 "one fsync); async: acknowledge once the write is in the WAL; it survives a\n"
+                 "process crash, but a power loss may lose writes acknowledged within the last\n"
+                 "--sync-interval milliseconds")
+      ->check(CLI::IsMember({"sync", "async"}))
+      ->capture_default_str();
+  app.add_option("--sync-interval", sync_interval_ms,
+                 "async mode: fsync the WAL at least this often (milliseconds)")
+      ->capture_default_str();
+  app.add_option("--default-lease", default_lease,
+                 "lease of jobs that name none (e.g. 30s, 5m)")
+      ->capture_default_str();
+  app.add_option("--default-max-attempts", config.default_max_attempts,
+                 "attempts before a failing job becomes DEAD, for jobs that name none")
+      ->capture_default_str();
+  app.add_option("--max-payload-bytes", config.max_payload_bytes, "largest job payload accepted")
+      ->capture_default_str();
+  app.add_option("--max-batch", config.max_batch, "most jobs in one EnqueueBatch")
+      ->capture_default_str();
+  app.add_option("--max-message-bytes", config.max_message_bytes, "largest gRPC message accepted")
+      ->capture_default_str();
+  app.add_option("--port-file", config.port_file, "write the bound port to this file");
+  app.add_option("--shutdown-grace", shutdown_grace,
+                 "on SIGTERM/SIGINT, how long in-flight calls may take to finish")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways
+                                   : errand::commit::SyncMode::kInterval;
+  config.sync_interval = std::chrono::milliseconds(sync_interval_ms);
+  std::chrono::microseconds d;
+  if (!ParseDurationFlag(default_lease, std::chrono::seconds(1), "--default-lease", &d)) return 2;
+  config.default_lease = d;
+  if (!ParseDurationFlag(shutdown_grace, std::chrono::seconds(1), "--shutdown-grace", &d)) return 2;
+  config.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (auto s = config.Validate(); !s.ok()) {
+    std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+
+  // Block the stop signals in every thread; the main thread waits for them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto broker = errand::Broker::Start(config);
+  if (!broker.ok()) {
+    spdlog::error("cannot start: {}", broker.status().ToString());
+    return 1;
+  }
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  spdlog::info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  absl::Status s = (*broker)->Stop();
+  if (!s.ok()) {
+    spdlog::error("shutdown: {}", s.ToString());
+    return 1;
+  }
+  spdlog::info("shutdown complete");
+  return 0;
+}

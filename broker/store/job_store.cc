@@ -1,0 +1,177 @@
+#include "store/job_store.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "store/keys.h"
+#include "store/rocks_status.h"
+
+namespace errand::store {
+namespace {
+
+// RocksDB never fsyncs the parent of a directory it creates: after a power
+// loss the whole data directory could vanish. Create it ourselves and make
+// its entry durable.
+absl::Status EnsureDurableDirectory(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path p = fs::absolute(path, ec);
+  if (ec) return absl::InvalidArgumentError("data directory " + path + ": " + ec.message());
+  if (fs::is_directory(p, ec)) return absl::OkStatus();
+  fs::path parent = p.parent_path();
+  if (!parent.empty() && !fs::exists(parent, ec)) {
+    absl::Status s = EnsureDurableDirectory(parent.string());
+    if (!s.ok()) return s;
+  }
+  if (::mkdir(p.c_str(), 0750) != 0 && errno != EEXIST) {
+    return absl::InternalError("cannot create data directory " + path + ": " +
+                               std::strerror(errno));
+  }
+  int fd = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return absl::InternalError("cannot open parent of " + path);
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return absl::InternalError("cannot fsync parent of " + path);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options) {
+  if (options.env == nullptr) {
+    absl::Status s = EnsureDurableDirectory(options.path);
+    if (!s.ok()) return s;
+  }
+  rocksdb::Options db_options;
+  db_options.create_if_missing = true;
+  db_options.create_missing_column_families = true;
+  db_options.paranoid_checks = true;
+  db_options.IncreaseParallelism(2);
+  db_options.max_background_jobs = 2;
+  db_options.keep_log_file_num = 4;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  if (options.env != nullptr) db_options.env = options.env;
+
+  rocksdb::ColumnFamilyOptions cf_options;
+  cf_options.OptimizeLevelStyleCompaction(64 << 20);
+  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+      {rocksdb::kDefaultColumnFamilyName, cf_options},
+      {"jobs", cf_options},
+      {"events", cf_options},
+  };
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status rs = rocksdb::DB::Open(db_options, options.path, cfs, &handles, &raw);
+  if (!rs.ok()) return FromRocks(rs, "opening store at " + options.path);
+
+  std::unique_ptr<JobStore> store(new JobStore());
+  store->db_.reset(raw);
+  store->default_cf_ = handles[0];
+  store->jobs_cf_ = handles[1];
+  store->events_cf_ = handles[2];
+
+  MetaRecord meta;
+  std::string value;
+  rs = raw->Get(rocksdb::ReadOptions(), store->default_cf_, kMetaKey, &value);
+  if (rs.ok()) {
+    if (!meta.ParseFromString(value)) {
+      return absl::DataLossError("store meta record is corrupt");
+    }
+    if (meta.format_version() > kStoreFormatVersion) {
+      return absl::FailedPreconditionError(
+          "store format version " + std::to_string(meta.format_version()) +
+          " is newer than this broker understands (" + std::to_string(kStoreFormatVersion) +
+          "); upgrade the broker");
+    }
+  } else if (!rs.IsNotFound()) {
+    return FromRocks(rs, "reading store meta");
+  }
+  meta.set_format_version(kStoreFormatVersion);
+  meta.set_boot_epoch(meta.boot_epoch() + 1);
+  rocksdb::WriteOptions wo;
+  wo.sync = true;
+  rs = raw->Put(wo, store->default_cf_, kMetaKey, meta.SerializeAsString());
+  if (!rs.ok()) return FromRocks(rs, "writing store meta");
+  store->boot_epoch_ = meta.boot_epoch();
+  return store;
+}
+
+JobStore::~JobStore() { (void)Close(); }
+
+absl::Status JobStore::ForEachJob(
+    const std::function<absl::Status(uint64_t, JobRecord&&)>& fn) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), jobs_cf_));
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    if (it->key().size() != 8) return absl::DataLossError("malformed job key in store");
+    JobRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError("corrupt job record in store");
+    }
+    absl::Status s = fn(DecodeBE64(it->key().ToStringView()), std::move(rec));
+    if (!s.ok()) return s;
+  }
+  return FromRocks(it->status(), "scanning jobs");
+}
+
+absl::StatusOr<uint64_t> JobStore::LastEventSeq() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_cf_));
+  it->SeekToLast();
+  if (!it->Valid()) {
+    absl::Status s = FromRocks(it->status(), "scanning events");
+    if (!s.ok()) return s;
+    return 0;
+  }
+  if (it->key().size() != 8) return absl::DataLossError("malformed event key in store");
+  return DecodeBE64(it->key().ToStringView());
+}
+
+absl::StatusOr<uint64_t> JobStore::FirstEventSeq() {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), events_cf_));
+  it->SeekToFirst();
+  if (!it->Valid()) {
+    absl::Status s = FromRocks(it->status(), "scanning events");
+    if (!s.ok()) return s;
+    return 0;
+  }
+  if (it->key().size() != 8) return absl::DataLossError("malformed event key in store");
+  return DecodeBE64(it->key().ToStringView());
+}
+
+absl::StatusOr<std::optional<JobRecord>> JobStore::GetJob(uint64_t id) {
+  std::string value;
+  rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), jobs_cf_, EncodeBE64(id), &value);
+  if (rs.IsNotFound()) return std::optional<JobRecord>();
+  if (!rs.ok()) return FromRocks(rs, "reading job");
+  JobRecord rec;
+  if (!rec.ParseFromString(value)) return absl::DataLossError("corrupt job record");
+  return std::optional<JobRecord>(std::move(rec));
+}
+
+absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
+  rocksdb::WriteOptions wo;
+  wo.sync = sync;
+  return FromRocks(db_->Write(wo, batch), "commit");
+}
+
+absl::Status JobStore::SyncWAL() { return FromRocks(db_->SyncWAL(), "syncing WAL"); }
+
+absl::Status JobStore::Close() {
+  if (closed_ || !db_) return absl::OkStatus();
+  closed_ = true;
+  absl::Status result = FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL");
+  for (auto* h : {default_cf_, jobs_cf_, events_cf_}) {
+    if (h != nullptr) db_->DestroyColumnFamilyHandle(h);
+  }
+  default_cf_ = jobs_cf_ = events_cf_ = nullptr;
+  rocksdb::Status rs = db_->Close();
+  if (result.ok() && !rs.ok()) result = FromRocks(rs, "closing store");
+  db_.reset();
+  return result;
+}
+
+}  // namespace errand::store

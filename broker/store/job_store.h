@@ -1,0 +1,81 @@
+#pragma once
+
+#include <absl/status/status.h>
+#include <absl/status/statusor.h>
+#include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/write_batch.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "broker/store/records.pb.h"
+
+namespace errand::store {
+
+// JobStore owns the RocksDB database: opening (with format and boot-epoch
+// bookkeeping), recovery scans, and raw writes. It knows nothing of leases,
+// queues or gRPC.
+//
+// Thread: Open/Close and the recovery scans run before and after the broker
+// runs; Write and SyncWAL are called from the commit thread only; GetJob may
+// be called from any thread (RocksDB reads are thread-safe).
+class JobStore {
+ public:
+  struct Options {
+    // Data directory; created (and its parent fsynced) when missing.
+    std::string path;
+    // Env to run RocksDB on; nullptr means the default (real) Env. Tests pass
+    // a memory or fault-injecting Env.
+    rocksdb::Env* env = nullptr;
+  };
+
+  // Opens or creates the store, checks its format version and increments
+  // and syncs the boot epoch. A corrupt store or a newer format is an error:
+  // the broker refuses to start rather than guess.
+  static absl::StatusOr<std::unique_ptr<JobStore>> Open(const Options& options);
+  ~JobStore();
+  JobStore(const JobStore&) = delete;
+  JobStore& operator=(const JobStore&) = delete;
+
+  // The epoch of this run: one more than the previous run's.
+  uint64_t boot_epoch() const { return boot_epoch_; }
+
+  // Calls `fn` for every stored job in id order; stops at the first error.
+  absl::Status ForEachJob(const std::function<absl::Status(uint64_t, JobRecord&&)>& fn);
+  // The highest event sequence number stored, 0 when none.
+  absl::StatusOr<uint64_t> LastEventSeq();
+  // The lowest event sequence number stored, 0 when none.
+  absl::StatusOr<uint64_t> FirstEventSeq();
+
+  absl::StatusOr<std::optional<JobRecord>> GetJob(uint64_t id);
+
+  // Writes `batch`; with `sync`, returns only after the WAL is fsynced.
+  absl::Status Write(rocksdb::WriteBatch* batch, bool sync);
+  // Makes every write so far durable.
+  absl::Status SyncWAL();
+  // RocksDB's sequence number of the last committed write.
+  uint64_t LatestSequence() const { return db_->GetLatestSequenceNumber(); }
+
+  // Flushes and syncs the WAL and closes the database. Idempotent.
+  absl::Status Close();
+
+  rocksdb::ColumnFamilyHandle* jobs_cf() const { return jobs_cf_; }
+  rocksdb::ColumnFamilyHandle* events_cf() const { return events_cf_; }
+  rocksdb::DB* db() const { return db_.get(); }
+
+ private:
+  JobStore() = default;
+
+  std::unique_ptr<rocksdb::DB> db_;
+  rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* jobs_cf_ = nullptr;
+  rocksdb::ColumnFamilyHandle* events_cf_ = nullptr;
+  uint64_t boot_epoch_ = 0;
+  bool closed_ = false;
+};
+
+}  // namespace errand::store

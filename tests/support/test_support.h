@@ -1,0 +1,74 @@
+#pragma once
+
+// Test helpers: temporary directories and a real errand-broker process.
+
+#include <grpcpp/grpcpp.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace errand::testing {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with its contents when
+// the object is destroyed.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Runs the real errand-broker binary on 127.0.0.1 with a free port (port 0
+// and --port-file) and the given data directory.
+//
+// Start() waits until the port file appears and the health service answers.
+// Kill() sends SIGKILL (a crash); Stop() sends SIGTERM and waits for the exit
+// status. The destructor SIGKILLs a still-running broker. Only the process
+// this object started is ever signalled.
+class BrokerProcess {
+ public:
+  // `extra_args` are appended to the command line, e.g. {"--commit=async"}.
+  BrokerProcess(std::string data_dir, std::vector<std::string> extra_args = {});
+  ~BrokerProcess();
+  BrokerProcess(const BrokerProcess&) = delete;
+  BrokerProcess& operator=(const BrokerProcess&) = delete;
+
+  // Starts the process and waits (up to `timeout`) until it serves. Returns
+  // false, with the broker's log in `error`, when it did not come up.
+  bool Start(std::string* error = nullptr,
+             std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  void Kill();
+  // SIGTERM and wait; returns the exit code (or -signal when killed by one).
+  int Stop(std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // A new channel to the broker.
+  std::shared_ptr<grpc::Channel> Channel() const;
+  // Everything the broker wrote to stdout and stderr so far.
+  std::string Log() const;
+
+ private:
+  std::string data_dir_;
+  std::vector<std::string> extra_args_;
+  std::string port_file_;
+  std::string log_file_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+// A deadline `d` from now, for ClientContext::set_deadline.
+inline std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
+  return std::chrono::system_clock::now() + d;
+}
+
+}  // namespace errand::testing
