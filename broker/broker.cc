@@ -38,6 +38,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   b->store_ = std::move(*store);
   auto last_seq = b->store_->LastEventSeq();
   if (!last_seq.ok()) return last_seq.status();
+  auto first_seq = b->store_->FirstEventSeq();
+  if (!first_seq.ok()) return first_seq.status();
 
   commit::CommitPipeline::Options popts;
   popts.mode = config.commit;
@@ -45,15 +47,31 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   Broker* raw = b.get();
   b->pipeline_ = std::make_unique<commit::CommitPipeline>(
       b->store_.get(), popts,
-      [raw](std::function<void()> fn) { asio::post(raw->core_, std::move(fn)); }, *last_seq);
+      [raw](std::function<void()> fn) { asio::post(raw->core_, std::move(fn)); }, *last_seq,
+      *first_seq);
 
   dispatch::EngineOptions eopts;
   eopts.default_lease = config.default_lease;
   eopts.default_max_attempts = config.default_max_attempts;
+  eopts.retention = config.retention;
+  eopts.idempotency_window = config.idempotency_window;
+  eopts.max_queue_depth = config.max_queue_depth;
+  {
+    store::JobStore* store_ptr = b->store_.get();
+    eopts.request_compaction = [store_ptr] { store_ptr->RequestJobsCompaction(); };
+  }
   eopts.sync_by_default = config.commit == commit::SyncMode::kAlways;
   b->engine_ = std::make_unique<dispatch::Engine>(b->core_, b->clock_, b->pipeline_.get(), eopts,
                                                   b->store_->boot_epoch());
   if (auto s = b->engine_->Recover(*b->store_); !s.ok()) return s;
+  b->hub_ = std::make_unique<hub::EventHub>(b->core_, b->readers_, b->store_.get(),
+                                            b->pipeline_.get(), hub::EventHub::Options{},
+                                            *last_seq);
+  b->engine_->SetEventSink(
+      [raw](const std::vector<v1::Event>& events) {
+        raw->hub_->Publish(events);
+        raw->workers_.OnEvents(events);
+      });
 
   b->pipeline_->Start();
   b->work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
@@ -65,9 +83,14 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   ctx.core = &b->core_;
   ctx.engine = b->engine_.get();
   ctx.pipeline = b->pipeline_.get();
+  ctx.hub = b->hub_.get();
+  ctx.workers = &b->workers_;
+  ctx.worker_grace = config.worker_grace;
   ctx.clock = &b->clock_;
   ctx.limits.max_payload_bytes = config.max_payload_bytes;
   ctx.limits.max_batch = config.max_batch;
+  ctx.limits.max_headers_bytes = config.max_headers_bytes;
+  ctx.limits.max_result_bytes = config.max_result_bytes;
   ctx.sync_by_default = eopts.sync_by_default;
   ctx.sync_interval = config.sync_interval;
   ctx.started_at = b->clock_.Now();
@@ -124,19 +147,44 @@ absl::Status Broker::Stop() {
     if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   }
   // 1. Refuse new work and answer long polls.
-  if (core_thread_.joinable()) RunOnCore(core_, [this] { engine_->Shutdown(); });
-  // 2. Let in-flight calls finish; their commits still run.
+  if (core_thread_.joinable()) {
+    RunOnCore(core_, [this] {
+      ctx_.stopping = true;
+      engine_->Shutdown();
+      hub_->Shutdown(absl::UnavailableError("broker is shutting down"));
+    });
+  }
+  // 2. Let in-flight calls finish: wait (up to the grace) until every write
+  // submitted so far has committed and its answer went out from core. Idle
+  // must be seen twice in a row: the results of the last write are posted to
+  // core before the pipeline reports idle, and the second look runs after
+  // them.
+  if (core_thread_.joinable()) {
+    auto until = std::chrono::steady_clock::now() + config_.shutdown_grace;
+    int idle_in_a_row = 0;
+    while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
+      bool idle = false;
+      RunOnCore(core_, [this, &idle] { idle = pipeline_->Idle(); });
+      idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
+      if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  // 3. Stop the server. gRPC waits for every client connection to go away
+  // before it completes a shutdown, and idle clients may keep theirs open, so
+  // the remaining calls (idle streams, stragglers refused with UNAVAILABLE)
+  // are cancelled after a short deadline.
   if (server_) {
-    server_->Shutdown(std::chrono::system_clock::now() + config_.shutdown_grace);
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     server_->Wait();
   }
-  // 3. Commit and fsync whatever is queued; results go to core.
+  // 4. Commit and fsync whatever is still queued; results go to core.
   if (pipeline_) pipeline_->Stop();
-  // 4. Drain core.
+  // 5. Drain core.
   if (core_thread_.joinable()) {
     work_.reset();
     core_thread_.join();
   }
+  readers_.join();
   absl::Status s = store_ ? store_->Close() : absl::OkStatus();
   auto st = pipeline_ ? pipeline_->stats() : commit::CommitPipeline::Stats{};
   spdlog::info("errand-broker stopped: {} writes in {} commits, {} fsyncs", st.writes, st.groups,

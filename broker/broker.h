@@ -5,16 +5,19 @@
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
+#include <asio/thread_pool.hpp>
 #include <memory>
 #include <thread>
 
 #include "commit/commit_pipeline.h"
 #include "config.h"
 #include "dispatch/engine.h"
+#include "hub/event_hub.h"
 #include "service/admin_service.h"
 #include "service/context.h"
 #include "service/events_service.h"
 #include "service/jobs_service.h"
+#include "service/worker_stream.h"
 #include "service/workers_service.h"
 #include "store/job_store.h"
 #include "util/clock.h"
@@ -52,6 +55,9 @@ class Broker {
   std::thread core_thread_;
   std::unique_ptr<commit::CommitPipeline> pipeline_;
   std::unique_ptr<dispatch::Engine> engine_;
+  asio::thread_pool readers_{1};  // event log reads for catching-up subscribers
+  std::unique_ptr<hub::EventHub> hub_;
+  service::WorkerRegistry workers_;  // Thread: core
   service::ServiceContext ctx_;
   std::unique_ptr<service::JobsService> jobs_service_;
   std::unique_ptr<service::WorkersService> workers_service_;

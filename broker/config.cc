@@ -27,6 +27,12 @@ absl::StatusOr<std::chrono::microseconds> ParseDuration(const std::string& text,
   } else {
     return absl::InvalidArgumentError("\"" + text + "\": unknown unit (use ms, s, m or h)");
   }
+  // At most ten years, whatever the unit: larger values would overflow
+  // time arithmetic and are never meant.
+  constexpr int64_t kMaxUs = int64_t{3650} * 24 * 3600 * 1'000'000;
+  if (n > kMaxUs / u.count()) {
+    return absl::InvalidArgumentError("\"" + text + "\" is longer than ten years");
+  }
   return u * n;
 }
 
@@ -47,6 +53,24 @@ absl::Status Config::Validate() const {
   }
   if (max_batch < 1 || max_batch > 100000) {
     return absl::InvalidArgumentError("--max-batch must be 1..100000");
+  }
+  if (retention < std::chrono::seconds(1)) {
+    return absl::InvalidArgumentError("--retention must be at least 1s");
+  }
+  if (idempotency_window < std::chrono::seconds(1)) {
+    return absl::InvalidArgumentError("--idempotency-window must be at least 1s");
+  }
+  if (max_headers_bytes < 1 || max_headers_bytes > (16u << 20)) {
+    return absl::InvalidArgumentError("--max-headers-bytes must be 1..16777216");
+  }
+  if (max_result_bytes < 1 || max_result_bytes > (64u << 20)) {
+    return absl::InvalidArgumentError("--max-result-bytes must be 1..67108864");
+  }
+  if (shutdown_grace < std::chrono::milliseconds(0) || shutdown_grace > std::chrono::minutes(10)) {
+    return absl::InvalidArgumentError("--shutdown-grace must be between 0 and 10m");
+  }
+  if (worker_grace < std::chrono::milliseconds(0) || worker_grace > std::chrono::hours(1)) {
+    return absl::InvalidArgumentError("--worker-grace must be between 0 and 1h");
   }
   if (max_message_bytes < max_payload_bytes + (64 << 10)) {
     return absl::InvalidArgumentError(

@@ -38,8 +38,26 @@ struct Config {
   // --port-file: write the bound port here once serving (for scripts and
   // tests that listen on port 0). Default: none.
   std::string port_file;
+  // --worker-grace: how long the leases of a dropped Workers.Connect stream
+  // are kept before their jobs are retried. Default: 10s.
+  std::chrono::milliseconds worker_grace{10000};
   // --shutdown-grace: how long SIGTERM waits for in-flight calls. Default: 5s.
   std::chrono::milliseconds shutdown_grace{5000};
+  // --retention: how long finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept
+  // when they name no retention of their own. Default: 7 days.
+  std::chrono::microseconds retention{std::chrono::hours(24 * 7)};
+  // --idempotency-window: how long an idempotency key answers with its job.
+  // Default: 24h.
+  std::chrono::microseconds idempotency_window{std::chrono::hours(24)};
+  // --max-queue-depth: most non-terminal jobs per queue; 0: no limit.
+  // Default: 1,000,000.
+  uint64_t max_queue_depth = 1'000'000;
+  // --max-headers-bytes: largest sum of one job's header keys and values.
+  // Default: 64 KiB.
+  size_t max_headers_bytes = 64 << 10;
+  // --max-result-bytes: largest result a worker may pass to Complete.
+  // Default: 1 MiB.
+  size_t max_result_bytes = 1 << 20;
 
   absl::Status Validate() const;
 };

@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
   std::string commit = "sync";
   std::string default_lease = "30s";
   std::string shutdown_grace = "5s";
+  std::string worker_grace = "10s";
+  std::string retention = "168h";
+  std::string idempotency_window = "24h";
   int64_t sync_interval_ms = 100;
   app.add_option("--listen", config.listen, "gRPC listen address (port 0 picks a free port)")
       ->capture_default_str();
@@ -62,8 +65,30 @@ int main(int argc, char** argv) {
   app.add_option("--max-message-bytes", config.max_message_bytes, "largest gRPC message accepted")
       ->capture_default_str();
   app.add_option("--port-file", config.port_file, "write the bound port to this file");
+  app.add_option("--worker-grace", worker_grace,
+                 "how long the leases of a dropped Workers.Connect stream are kept before\n"
+                 "their jobs are retried (e.g. 10s)")
+      ->capture_default_str();
   app.add_option("--shutdown-grace", shutdown_grace,
                  "on SIGTERM/SIGINT, how long in-flight calls may take to finish")
+      ->capture_default_str();
+  app.add_option("--retention", retention,
+                 "how long finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept before they are\n"
+                 "deleted, unless a job names its own retention (e.g. 168h, 30m)")
+      ->capture_default_str();
+  app.add_option("--idempotency-window", idempotency_window,
+                 "how long an enqueue's idempotency_key keeps answering with the original job\n"
+                 "(same queue) instead of making a new one")
+      ->capture_default_str();
+  app.add_option("--max-queue-depth", config.max_queue_depth,
+                 "most jobs not yet finished (SCHEDULED, READY, LEASED) per queue; enqueues\n"
+                 "beyond it get RESOURCE_EXHAUSTED (0: no limit)")
+      ->capture_default_str();
+  app.add_option("--max-headers-bytes", config.max_headers_bytes,
+                 "largest total size of one job's header keys and values")
+      ->capture_default_str();
+  app.add_option("--max-result-bytes", config.max_result_bytes,
+                 "largest result a worker may pass to Complete")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -75,6 +100,15 @@ int main(int argc, char** argv) {
   config.default_lease = d;
   if (!ParseDurationFlag(shutdown_grace, std::chrono::seconds(1), "--shutdown-grace", &d)) return 2;
   config.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(worker_grace, std::chrono::seconds(1), "--worker-grace", &d)) return 2;
+  config.worker_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(retention, std::chrono::seconds(1), "--retention", &d)) return 2;
+  config.retention = d;
+  if (!ParseDurationFlag(idempotency_window, std::chrono::seconds(1), "--idempotency-window",
+                         &d)) {
+    return 2;
+  }
+  config.idempotency_window = d;
   if (auto s = config.Validate(); !s.ok()) {
     std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
     return 2;

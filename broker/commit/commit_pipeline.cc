@@ -1,6 +1,10 @@
 #include "commit/commit_pipeline.h"
 
+#include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
+
+#include <algorithm>
+#include <memory>
 
 #include <utility>
 
@@ -9,12 +13,49 @@
 namespace errand::commit {
 
 CommitPipeline::CommitPipeline(store::JobStore* store, Options options, Post post,
-                               uint64_t last_event_seq)
+                               uint64_t last_event_seq, uint64_t first_event_seq)
     : store_(store),
       options_(options),
       post_(std::move(post)),
       event_seq_(last_event_seq),
-      committed_event_seq_(last_event_seq) {}
+      committed_event_seq_(last_event_seq),
+      first_event_seq_(first_event_seq) {}
+
+void CommitPipeline::TrimEvents() {
+  last_trim_ = std::chrono::steady_clock::now();
+  const uint64_t last = committed_event_seq_.load();
+  uint64_t first = first_event_seq_.load();
+  if (first == 0 || last < first) return;
+  uint64_t new_first = first;
+  if (last - first + 1 > options_.max_events) new_first = last - options_.max_events + 1;
+  // Age: step over old events from the front, a bounded number per pass.
+  const auto cutoff_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                             std::chrono::system_clock::now().time_since_epoch() -
+                             options_.max_event_age)
+                             .count();
+  std::unique_ptr<rocksdb::Iterator> it(
+      store_->db()->NewIterator(rocksdb::ReadOptions(), store_->events_cf()));
+  size_t scanned = 0;
+  for (it->Seek(store::EncodeBE64(new_first)); it->Valid() && scanned < 10000;
+       it->Next(), ++scanned) {
+    v1::Event ev;
+    if (!ev.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) break;
+    int64_t t = ev.time().seconds() * 1'000'000 + ev.time().nanos() / 1000;
+    if (t >= cutoff_us) break;
+    new_first = ev.seq() + 1;
+  }
+  if (new_first > last + 1) new_first = last + 1;
+  if (new_first <= first) return;
+  rocksdb::WriteBatch batch;
+  batch.DeleteRange(store_->events_cf(), store::EncodeBE64(first), store::EncodeBE64(new_first));
+  if (store_->Write(&batch, /*sync=*/false).ok()) {
+    first_event_seq_.store(new_first);
+    if (!unsynced_) {
+      unsynced_ = true;
+      first_unsynced_ = std::chrono::steady_clock::now();
+    }
+  }
+}
 
 CommitPipeline::~CommitPipeline() { Stop(); }
 
@@ -52,6 +93,11 @@ void CommitPipeline::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+bool CommitPipeline::Idle() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.empty() && !committing_;
+}
+
 CommitPipeline::Stats CommitPipeline::stats() const {
   return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load()};
 }
@@ -65,14 +111,11 @@ void CommitPipeline::Run() {
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return !queue_.empty() || stopping_;
       };
-      if (unsynced_) {
-        auto deadline = first_unsynced_ + options_.sync_interval;
-        auto now = std::chrono::steady_clock::now();
-        if (deadline > now) {
-          mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::FromChrono(deadline - now));
-        }
-      } else {
-        mu_.Await(absl::Condition(&has_work));
+      auto deadline = last_trim_ + std::chrono::seconds(1);
+      if (unsynced_) deadline = std::min(deadline, first_unsynced_ + options_.sync_interval);
+      auto now = std::chrono::steady_clock::now();
+      if (deadline > now) {
+        mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::FromChrono(deadline - now));
       }
       if (queue_.size() <= options_.max_group) {
         group.swap(queue_);
@@ -82,11 +125,15 @@ void CommitPipeline::Run() {
         queue_.erase(queue_.begin(), queue_.begin() + options_.max_group);
       }
       stop = stopping_ && queue_.empty();
+      committing_ = !group.empty();
     }
     if (!group.empty()) {
-      CommitGroup(group);
+      CommitGroup(group);  // posts the results before returning
       group.clear();
+      absl::MutexLock lock(&mu_);
+      committing_ = false;
     }
+    if (std::chrono::steady_clock::now() - last_trim_ >= std::chrono::seconds(1)) TrimEvents();
     if (unsynced_ &&
         (stop || std::chrono::steady_clock::now() - first_unsynced_ >= options_.sync_interval)) {
       if (store_->SyncWAL().ok()) {
@@ -124,6 +171,7 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   bool synced = false;
   uint64_t commit_seq = 0;
   if (status.ok()) {
+    if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
     event_seq_ = seq;
     committed_event_seq_.store(seq);
     groups_++;

@@ -80,6 +80,11 @@ class CommitPipeline {
     std::chrono::milliseconds sync_interval{100};
     // Most mutations in one group (bounds the latency of a group).
     size_t max_group = 4096;
+    // Event log retention: the log is trimmed (oldest first, about once a
+    // second) to at most this many events... Default: 1,000,000.
+    uint64_t max_events = 1'000'000;
+    // ...and to events younger than this. Default: 24h.
+    std::chrono::microseconds max_event_age{std::chrono::hours(24)};
   };
 
   struct Stats {
@@ -92,7 +97,8 @@ class CommitPipeline {
   // `store` must outlive the pipeline. `post` runs the result closures; it
   // must not block. `last_event_seq` is the highest event sequence number
   // already stored.
-  CommitPipeline(store::JobStore* store, Options options, Post post, uint64_t last_event_seq);
+  CommitPipeline(store::JobStore* store, Options options, Post post, uint64_t last_event_seq,
+                 uint64_t first_event_seq = 0);
   ~CommitPipeline();
   CommitPipeline(const CommitPipeline&) = delete;
   CommitPipeline& operator=(const CommitPipeline&) = delete;
@@ -109,8 +115,17 @@ class CommitPipeline {
   void Stop();
 
   Stats stats() const;
+  // True when nothing is queued or being written, and the results of every
+  // committed write have been handed to `post`. Thread: any.
+  bool Idle() const;
   // The sequence number of the last committed event.
   uint64_t last_event_seq() const { return committed_event_seq_.load(); }
+  // The oldest retained event's sequence number (0 while the log is empty).
+  // Thread: any.
+  uint64_t first_event_seq() const { return first_event_seq_.load(); }
+  // Trims the event log now (normally done by the commit thread). Thread:
+  // the commit thread, or any thread before Start / after Stop.
+  void TrimEvents();
   const Options& options() const { return options_; }
 
  private:
@@ -130,6 +145,7 @@ class CommitPipeline {
   std::vector<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
+  bool committing_ ABSL_GUARDED_BY(mu_) = false;
 
   // Commit thread only.
   bool unsynced_ = false;
@@ -137,6 +153,8 @@ class CommitPipeline {
 
   uint64_t event_seq_ = 0;  // commit thread only
   std::atomic<uint64_t> committed_event_seq_{0};
+  std::atomic<uint64_t> first_event_seq_{0};
+  std::chrono::steady_clock::time_point last_trim_{};
   std::atomic<uint64_t> writes_{0}, groups_{0}, fsyncs_{0}, failed_{0};
   std::thread thread_;
 };

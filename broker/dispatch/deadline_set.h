@@ -35,6 +35,15 @@ class DeadlineSet {
     }
     return due;
   }
+  // As PopDue, but at most `limit` ids.
+  std::vector<uint64_t> PopDue(TimePoint now, size_t limit) {
+    std::vector<uint64_t> due;
+    while (due.size() < limit && !set_.empty() && set_.begin()->first <= now) {
+      due.push_back(set_.begin()->second);
+      set_.erase(set_.begin());
+    }
+    return due;
+  }
   size_t size() const { return set_.size(); }
 
  private:

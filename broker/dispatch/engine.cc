@@ -15,6 +15,10 @@ using util::DurationToProto;
 using util::FromProto;
 using util::ToProto;
 
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_DEAD || s == v1::JOB_STATE_CANCELLED;
+}
+
 
 Engine::Engine(asio::io_context& core, const util::Clock& clock,
                commit::CommitPipeline* pipeline, EngineOptions options, uint64_t boot_epoch)
@@ -55,6 +59,14 @@ uint64_t Engine::NextJobId() {
 
 absl::Status Engine::Recover(store::JobStore& store) {
   const auto now = clock_.Now();
+  absl::Status qs = store.ForEachQueue([&](store::QueueRecord&& rec) -> absl::Status {
+    QueueState& q = Queue(rec.name());
+    q.paused = rec.paused();
+    q.max_leased_per_key = rec.max_leased_per_key();
+    q.desired = std::move(rec);
+    return absl::OkStatus();
+  });
+  if (!qs.ok()) return qs;
   return store.ForEachJob([&](uint64_t id, store::JobRecord&& rec) -> absl::Status {
     if (rec.job().id() != store::FormatJobId(id)) {
       return absl::DataLossError("job record " + store::FormatJobId(id) + " names id " +
@@ -69,6 +81,15 @@ absl::Status Engine::Recover(store::JobStore& store) {
     JobEntry& e = *entry;
     jobs_.emplace(id, std::move(entry));
     e.queue->counts[e.job.state()]++;
+    e.queue->ids.insert(id);
+    if (!e.job.idempotency_key().empty()) {
+      // Jobs come in id (creation) order: the last one with a key is the
+      // one a repeated enqueue must find (an older one may have been made
+      // before the window, and then the key was used anew).
+      idem_[IdemKey(e.job.queue(), e.job.idempotency_key())] =
+          IdemEntry{id, FromProto(e.job.created_at())};
+    }
+    if (IsTerminal(e.job.state())) UpdateExpiry(e);
     switch (e.job.state()) {
       case v1::JOB_STATE_READY:
       case v1::JOB_STATE_SCHEDULED:
@@ -83,6 +104,7 @@ absl::Status Engine::Recover(store::JobStore& store) {
         // lease is accepted; Start() ends the attempt.
         e.lease_token = 0;
         e.busy = true;
+        if (!e.job.concurrency_key().empty()) e.queue->leased_by_key[e.job.concurrency_key()]++;
         restarted_leases_.push_back(id);
         break;
       default:
@@ -107,6 +129,18 @@ void Engine::Start() {
 
 void Engine::Shutdown() {
   stopping_ = true;
+  std::vector<uint64_t> job_waiter_ids;
+  for (auto& [id, w] : job_waiters_) job_waiter_ids.push_back(id);
+  for (uint64_t wid : job_waiter_ids) {
+    auto it = job_waiters_.find(wid);
+    JobWaiter w = std::move(it->second);
+    job_waiters_.erase(it);
+    w.timer->cancel();
+    if (JobEntry* e = Find(w.job_id)) {
+      e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), wid), e->waiters.end());
+    }
+    w.done(absl::UnavailableError("broker is shutting down"), false);
+  }
   std::vector<uint64_t> ids;
   for (auto& [id, w] : waiters_) ids.push_back(id);
   for (uint64_t id : ids) {
@@ -140,6 +174,11 @@ void Engine::ReleaseJob(JobEntry& e) {
 }
 
 void Engine::SetState(JobEntry& e, v1::JobState state) {
+  if (e.job.state() == v1::JOB_STATE_LEASED && state != v1::JOB_STATE_LEASED &&
+      !e.job.concurrency_key().empty()) {
+    auto it = e.queue->leased_by_key.find(e.job.concurrency_key());
+    if (it != e.queue->leased_by_key.end() && --it->second == 0) e.queue->leased_by_key.erase(it);
+  }
   e.queue->counts[e.job.state()]--;
   e.queue->counts[state]++;
   e.job.set_state(state);
@@ -152,6 +191,69 @@ void Engine::ApplyJob(JobEntry& e, v1::Job job) {
   e.job.set_state(old_state);
   SetState(e, new_state);
   e.run_at = FromProto(e.job.run_at());
+  UpdateExpiry(e);
+  if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
+}
+
+void Engine::Published(const std::vector<v1::Event>& events) {
+  if (!events.empty() && event_sink_) event_sink_(events);
+}
+
+uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done) {
+  JobEntry* e = Find(id);
+  if (e == nullptr) {
+    done(absl::NotFoundError("job " + store::FormatJobId(id) + " not found"), false);
+    return 0;
+  }
+  if (IsTerminal(e->job.state()) || timeout.count() <= 0 || stopping_) {
+    done(GetJob(id), IsTerminal(e->job.state()));
+    return 0;
+  }
+  const uint64_t wid = ++waiter_counter_;
+  JobWaiter& w = job_waiters_[wid];
+  w.job_id = id;
+  w.done = std::move(done);
+  w.timer = std::make_unique<asio::steady_timer>(core_, timeout);
+  e->waiters.push_back(wid);
+  w.timer->async_wait([this, wid](const std::error_code& ec) {
+    if (ec) return;
+    auto it = job_waiters_.find(wid);
+    if (it == job_waiters_.end()) return;
+    JobWaiter w = std::move(it->second);
+    job_waiters_.erase(it);
+    if (JobEntry* e = Find(w.job_id)) {
+      e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), wid), e->waiters.end());
+      w.done(GetJob(w.job_id), IsTerminal(e->job.state()));
+    } else {
+      w.done(absl::NotFoundError("job " + store::FormatJobId(w.job_id) + " was deleted"), false);
+    }
+  });
+  return wid;
+}
+
+bool Engine::CancelWaitJob(uint64_t waiter_id) {
+  auto it = job_waiters_.find(waiter_id);
+  if (it == job_waiters_.end()) return false;
+  if (JobEntry* e = Find(it->second.job_id)) {
+    e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), waiter_id),
+                     e->waiters.end());
+  }
+  it->second.timer->cancel();
+  job_waiters_.erase(it);
+  return true;
+}
+
+void Engine::FireJobWaiters(JobEntry& e) {
+  std::vector<uint64_t> ids;
+  ids.swap(e.waiters);
+  for (uint64_t wid : ids) {
+    auto it = job_waiters_.find(wid);
+    if (it == job_waiters_.end()) continue;
+    JobWaiter w = std::move(it->second);
+    job_waiters_.erase(it);
+    w.timer->cancel();
+    w.done(GetJob(e.id), true);
+  }
 }
 
 commit::Mutation Engine::JobMutation(const v1::Job& job, uint64_t lease_token,
@@ -194,7 +296,9 @@ void Engine::CommitJob(JobEntry& e, v1::Job job, v1::EventType type, bool sync,
     if (r.status.ok()) ApplyJob(*e, std::move(job));
     e->busy = false;
     then(r.status, *e);
+    if (r.status.ok()) Published(r.events);
     ReleaseJob(*e);
+    ArmTimers();  // e.g. a finished job's retention deadline
   });
 }
 
@@ -207,16 +311,90 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
     done(absl::UnavailableError("broker is shutting down"));
     return;
   }
+  // A key whose first enqueue is still being committed: answer this call
+  // once that commit landed (then as a duplicate, or as a fresh enqueue if
+  // the first one failed). Exactly one job results either way.
+  for (const v1::EnqueueRequest& req : requests) {
+    if (req.idempotency_key().empty()) continue;
+    auto it = pending_keys_.find(IdemKey(req.queue(), req.idempotency_key()));
+    if (it == pending_keys_.end()) continue;
+    auto call = std::make_shared<std::tuple<std::vector<v1::EnqueueRequest>, v1::Durability,
+                                            EnqueueDone>>(std::move(requests), durability,
+                                                          std::move(done));
+    it->second.push_back([this, call] {
+      Enqueue(std::move(std::get<0>(*call)), std::get<1>(*call), std::move(std::get<2>(*call)));
+    });
+    return;
+  }
+
   const auto now = clock_.Now();
   const bool sync = durability == v1::DURABILITY_SYNC ||
                     (durability == v1::DURABILITY_UNSPECIFIED && options_.sync_by_default);
+  const size_t n = requests.size();
+  // Per request: the id of the job it answers with, whether that job
+  // already existed (or came earlier in this batch).
+  std::vector<uint64_t> answer_ids(n, 0);
+  std::vector<bool> duplicate(n, false);
+  std::unordered_map<std::string, uint64_t> batch_keys;
+  std::map<std::string, uint64_t> new_per_queue;
+  for (size_t i = 0; i < n; ++i) {
+    const v1::EnqueueRequest& req = requests[i];
+    if (!req.idempotency_key().empty()) {
+      std::string k = IdemKey(req.queue(), req.idempotency_key());
+      if (auto b = batch_keys.find(k); b != batch_keys.end()) {
+        answer_ids[i] = b->second;
+        duplicate[i] = true;
+        continue;
+      }
+      if (auto it = idem_.find(k); it != idem_.end()) {
+        if (now - it->second.created < options_.idempotency_window &&
+            Find(it->second.job_id) != nullptr) {
+          answer_ids[i] = it->second.job_id;
+          duplicate[i] = true;
+          continue;
+        }
+        idem_.erase(it);  // outside the window: the key is free again
+      }
+      batch_keys.emplace(std::move(k), 0);  // id set below
+    }
+    new_per_queue[req.queue()]++;
+  }
+  if (options_.max_queue_depth > 0) {
+    for (const auto& [name, added] : new_per_queue) {
+      auto it = queues_.find(name);
+      uint64_t depth = 0;
+      if (it != queues_.end()) {
+        const QueueState& q = it->second;
+        depth = q.counts[v1::JOB_STATE_SCHEDULED] + q.counts[v1::JOB_STATE_READY] +
+                q.counts[v1::JOB_STATE_LEASED] + q.pending;
+      }
+      if (depth + added > options_.max_queue_depth) {
+        done(absl::ResourceExhaustedError(
+            "queue \"" + name + "\" is full: it holds " + std::to_string(depth) +
+            " jobs not yet finished" + (added > 1 ? " and " + std::to_string(added) + " more were asked for" : "") +
+            "; the limit is " + std::to_string(options_.max_queue_depth) +
+            " (--max-queue-depth)"));
+        return;
+      }
+    }
+  }
+
   commit::Mutation m;
   m.sync = sync;
   auto jobs = std::make_shared<std::vector<v1::Job>>();
-  jobs->reserve(requests.size());
-  for (v1::EnqueueRequest& req : requests) {
+  auto keys = std::make_shared<std::vector<std::string>>();  // pending keys we own
+  for (size_t i = 0; i < n; ++i) {
+    if (duplicate[i]) continue;
+    v1::EnqueueRequest& req = requests[i];
     v1::Job job;
     uint64_t id = NextJobId();
+    answer_ids[i] = id;
+    if (!req.idempotency_key().empty()) {
+      std::string k = IdemKey(req.queue(), req.idempotency_key());
+      batch_keys[k] = id;
+      pending_keys_.try_emplace(k);
+      keys->push_back(std::move(k));
+    }
     job.set_id(store::FormatJobId(id));
     job.set_queue(req.queue());
     job.set_payload(std::move(*req.mutable_payload()));
@@ -246,9 +424,30 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
     for (auto& ev : one.events) m.events.push_back(std::move(ev));
     jobs->push_back(std::move(job));
   }
-  pipeline_->Submit(std::move(m), [this, jobs, done = std::move(done)](commit::CommitResult&& r) {
+  // In-batch duplicates point at the id their key got above.
+  for (size_t i = 0; i < n; ++i) {
+    if (duplicate[i] && answer_ids[i] == 0) {
+      answer_ids[i] = batch_keys[IdemKey(requests[i].queue(), requests[i].idempotency_key())];
+    }
+  }
+  for (const auto& [name, added] : new_per_queue) Queue(name).pending += added;
+  // Even an all-duplicate call goes through the pipeline (an empty write):
+  // its answer then promises the requested durability like any other.
+  pipeline_->Submit(std::move(m), [this, jobs, keys, new_per_queue = std::move(new_per_queue),
+                                   answer_ids = std::move(answer_ids),
+                                   duplicate = std::move(duplicate),
+                                   done = std::move(done)](commit::CommitResult&& r) {
+    for (const auto& [name, added] : new_per_queue) Queue(name).pending -= added;
+    std::vector<std::function<void()>> retry;
+    for (const std::string& k : *keys) {
+      auto it = pending_keys_.find(k);
+      if (it == pending_keys_.end()) continue;
+      for (auto& fn : it->second) retry.push_back(std::move(fn));
+      pending_keys_.erase(it);
+    }
     if (!r.status.ok()) {
       done(r.status);
+      for (auto& fn : retry) fn();
       return;
     }
     EnqueueOutcome out;
@@ -256,7 +455,6 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
     out.commit_seq = r.commit_seq;
     std::vector<QueueState*> touched;
     for (v1::Job& job : *jobs) {
-      out.job_ids.push_back(job.id());
       auto entry = std::make_unique<JobEntry>();
       entry->id = store::ParseJobId(job.id()).value();
       entry->queue = &Queue(job.queue());
@@ -266,10 +464,26 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
       jobs_.emplace(e.id, std::move(entry));
       e.queue->counts[e.job.state()]++;
       e.queue->total_enqueued++;
+      e.queue->ids.insert(e.id);
+      if (!e.job.idempotency_key().empty()) {
+        idem_[IdemKey(e.job.queue(), e.job.idempotency_key())] =
+            IdemEntry{e.id, FromProto(e.job.created_at())};
+      }
       Place(e);
       touched.push_back(e.queue);
     }
+    for (size_t i = 0; i < answer_ids.size(); ++i) {
+      out.job_ids.push_back(store::FormatJobId(answer_ids[i]));
+      out.duplicate.push_back(duplicate[i]);
+      v1::Job dup;
+      if (duplicate[i]) {
+        if (auto j = GetJob(answer_ids[i]); j.ok()) dup = std::move(*j);
+      }
+      out.jobs.push_back(std::move(dup));
+    }
     done(std::move(out));
+    Published(r.events);
+    for (auto& fn : retry) fn();
     std::sort(touched.begin(), touched.end());
     touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
     for (QueueState* q : touched) Dispatch(*q);
@@ -306,11 +520,11 @@ void Engine::MakeReady(JobEntry& e) {
   if (e.job.state() != v1::JOB_STATE_READY) SetState(e, v1::JOB_STATE_READY);
   e.ready_since = std::max(e.run_at, FromProto(e.job.updated_at()));
   e.ready_seq = ++ready_counter_;
-  e.queue->ready.Push({e.job.priority(), e.ready_seq, e.id});
+  ReadyPush(e);
 }
 
 void Engine::Dispatch(QueueState& q) {
-  while (!q.paused && !q.ready.empty() && !q.waiters.empty() && !stopping_) {
+  while (!q.waiters.empty() && !stopping_ && HasLeasable(q)) {
     uint64_t wid = q.waiters.front();
     Waiter w;
     RemoveWaiter(wid, &w);
@@ -335,7 +549,7 @@ uint64_t Engine::Lease(LeaseSpec spec, LeaseDone done) {
   bool any = false;
   for (const std::string& name : spec.queues) {
     auto it = queues_.find(name);
-    if (it != queues_.end() && !it->second.paused && !it->second.ready.empty()) any = true;
+    if (it != queues_.end() && HasLeasable(it->second)) any = true;
   }
   if (any || spec.wait.count() <= 0) {
     StartLease(std::move(spec), std::move(done));
@@ -376,17 +590,20 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     std::optional<ReadyQueue::Entry> best_entry;
     for (const std::string& name : spec.queues) {
       auto it = queues_.find(name);
-      if (it == queues_.end() || it->second.paused) continue;
-      auto front = it->second.ready.Front();
+      if (it == queues_.end()) continue;
+      auto front = PickNext(it->second);
       if (front && (!best_entry || ReadyQueue::Before(*front, *best_entry))) {
         best = &it->second;
         best_entry = front;
       }
     }
     if (best == nullptr) break;
-    best->ready.PopFront();
     JobEntry* e = Find(best_entry->job_id);
     assert(e != nullptr && !e->busy);
+    ReadyErase(*e);
+    const std::string& key = e->job.concurrency_key();
+    best->rr_last = key;
+    if (!key.empty()) best->leased_by_key[key]++;
     picked.push_back(e);
   }
   if (picked.empty()) {
@@ -446,12 +663,19 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
         leases.push_back(std::move(lease));
       } else {
         // Nothing was written: the job is ready again, in its old place.
-        e->queue->ready.Push({e->job.priority(), e->ready_seq, e->id});
+        if (!e->job.concurrency_key().empty()) {
+          auto it = e->queue->leased_by_key.find(e->job.concurrency_key());
+          if (it != e->queue->leased_by_key.end() && --it->second == 0) {
+            e->queue->leased_by_key.erase(it);
+          }
+        }
+        ReadyPush(*e);
         requeued.push_back(e->queue);
       }
     }
     if (r.status.ok()) {
       done(std::move(leases));
+      Published(r.events);
     } else {
       done(r.status);
     }
@@ -548,7 +772,12 @@ void Engine::Complete(uint64_t id, uint64_t lease_token, std::string result, Job
       done(absl::UnavailableError("broker is shutting down"));
       return;
     }
-    JobEntry& e = *Find(id);
+    JobEntry* found = Find(id);
+    if (found == nullptr) {
+      done(absl::NotFoundError("job " + store::FormatJobId(id) + " was deleted"));
+      return;
+    }
+    JobEntry& e = *found;
     if (absl::Status s = Check(e, lease_token); !s.ok()) {
       done(s);
       return;
@@ -576,6 +805,7 @@ void Engine::Complete(uint64_t id, uint64_t lease_token, std::string result, Job
                 e.lease_token = 0;
                 e.queue->total_succeeded++;
                 done(GetJob(e.id));
+                Dispatch(*e.queue);  // a fairness slot may have freed
               });
   });
 }
@@ -591,24 +821,33 @@ void Engine::Fail(uint64_t id, uint64_t lease_token, FailSpec spec, JobDone done
       done(absl::UnavailableError("broker is shutting down"));
       return;
     }
-    JobEntry& e = *Find(id);
+    JobEntry* found = Find(id);
+    if (found == nullptr) {
+      done(absl::NotFoundError("job " + store::FormatJobId(id) + " was deleted"));
+      return;
+    }
+    JobEntry& e = *found;
     if (absl::Status s = Check(e, lease_token); !s.ok()) {
       done(s);
       return;
     }
-    v1::Job job = EndAttempt(e, v1::ATTEMPT_OUTCOME_FAILED, spec.error, spec.retry_after,
-                             spec.non_retryable, /*immediate_retry=*/false);
-    v1::EventType type = job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
-                                                           : v1::EVENT_TYPE_RETRY_SCHEDULED;
+    const bool cancelled = e.job.cancel_requested();
+    v1::Job job = cancelled ? CancelledJob(e, spec.error)
+                            : EndAttempt(e, v1::ATTEMPT_OUTCOME_FAILED, spec.error,
+                                         spec.retry_after, spec.non_retryable,
+                                         /*immediate_retry=*/false);
+    v1::EventType type = cancelled                              ? v1::EVENT_TYPE_CANCELLED
+                         : job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
+                                                             : v1::EVENT_TYPE_RETRY_SCHEDULED;
     CommitJob(e, std::move(job), type, options_.sync_by_default,
-              [this, done = std::move(done)](const absl::Status& s, JobEntry& e) {
+              [this, cancelled, done = std::move(done)](const absl::Status& s, JobEntry& e) {
                 if (!s.ok()) {
                   done(s);
                   return;
                 }
                 leases_.Remove(e.lease_deadline, e.id);
                 e.lease_token = 0;
-                e.queue->total_failed++;
+                if (!cancelled) e.queue->total_failed++;
                 if (e.job.state() == v1::JOB_STATE_DEAD) e.queue->total_dead++;
                 Place(e);
                 done(GetJob(e.id));
@@ -627,7 +866,12 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
   }
   WithJob(*e, [this, id, lease_token, extend_by, progress = std::move(progress),
                done = std::move(done)]() mutable {
-    JobEntry& e = *Find(id);
+    JobEntry* found = Find(id);
+    if (found == nullptr) {
+      done(absl::NotFoundError("job " + store::FormatJobId(id) + " was deleted"));
+      return;
+    }
+    JobEntry& e = *found;
     if (absl::Status s = Check(e, lease_token); !s.ok()) {
       done(s);
       return;
@@ -665,25 +909,43 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
   });
 }
 
+void Engine::ReleaseLease(uint64_t id, uint64_t lease_token, v1::AttemptOutcome outcome) {
+  JobEntry* e = Find(id);
+  if (e == nullptr) return;
+  WithJob(*e, [this, id, lease_token, outcome] {
+    JobEntry* found = Find(id);
+    if (found == nullptr || !Check(*found, lease_token).ok()) return;
+    ExpireLease(id, outcome);
+  });
+}
+
 void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
   JobEntry* e = Find(id);
   if (e == nullptr) return;
   WithJob(*e, [this, id, outcome] {
-    JobEntry& e = *Find(id);
+    JobEntry* found = Find(id);
+    if (found == nullptr) return;
+    JobEntry& e = *found;
     if (e.job.state() != v1::JOB_STATE_LEASED) return;
     if (outcome == v1::ATTEMPT_OUTCOME_LEASE_EXPIRED && e.lease_deadline > clock_.Now()) {
       return;  // extended meanwhile
     }
     std::string why = outcome == v1::ATTEMPT_OUTCOME_BROKER_RESTART
                           ? "the broker restarted during this attempt"
+                      : outcome == v1::ATTEMPT_OUTCOME_WORKER_LOST
+                          ? "the worker's Connect stream dropped and the grace period passed"
                           : "lease expired without Complete, Fail or Extend";
-    v1::Job job = EndAttempt(e, outcome, why, microseconds(0), false, /*immediate_retry=*/true);
+    const bool cancelled = e.job.cancel_requested();
+    v1::Job job = cancelled ? CancelledJob(e, why)
+                            : EndAttempt(e, outcome, why, microseconds(0), false,
+                                         /*immediate_retry=*/true);
     leases_.Remove(e.lease_deadline, e.id);
     e.lease_token = 0;  // no token of the ended lease is valid any more
-    v1::EventType type = job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
-                                                           : v1::EVENT_TYPE_RETRY_SCHEDULED;
+    v1::EventType type = cancelled                              ? v1::EVENT_TYPE_CANCELLED
+                         : job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
+                                                             : v1::EVENT_TYPE_RETRY_SCHEDULED;
     CommitJob(e, std::move(job), type, /*sync=*/false,
-              [this](const absl::Status& s, JobEntry& e) {
+              [this, cancelled](const absl::Status& s, JobEntry& e) {
                 if (!s.ok()) {
                   // Try again at the next tick; the job stays leased meanwhile.
                   leases_.Add(clock_.Now() + std::chrono::seconds(1), e.id);
@@ -691,7 +953,7 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
                   ArmTimers();
                   return;
                 }
-                e.queue->total_failed++;
+                if (!cancelled) e.queue->total_failed++;
                 if (e.job.state() == v1::JOB_STATE_DEAD) e.queue->total_dead++;
                 Place(e);
                 Dispatch(*e.queue);
@@ -732,6 +994,7 @@ void Engine::OnTimer() {
     touched.push_back(e->queue);
   }
   for (QueueState* q : touched) Dispatch(*q);
+  SweepRetention(now);
   ArmTimers();
 }
 
@@ -739,6 +1002,14 @@ void Engine::ArmTimers() {
   if (stopping_) return;
   std::optional<util::Clock::TimePoint> next = leases_.Earliest();
   if (auto s = scheduled_.Earliest(); s && (!next || *s < *next)) next = s;
+  if (!retention_in_flight_) {
+    // Deletions lag by up to 100 ms so that jobs finishing close together
+    // are deleted in one write.
+    if (auto x = expiries_.Earliest()) {
+      auto at = *x + std::chrono::milliseconds(100);
+      if (!next || at < *next) next = at;
+    }
+  }
   if (!next) return;
   if (timer_at_ && *timer_at_ <= *next) return;  // already armed early enough
   timer_at_ = next;
@@ -749,6 +1020,520 @@ void Engine::ArmTimers() {
     if (ec) return;
     OnTimer();
   });
+}
+
+// ---------------------------------------------------------------------------
+// Ready-queue membership and fairness.
+
+void Engine::ReadyPush(JobEntry& e) {
+  ReadyQueue::Entry entry{e.job.priority(), e.ready_seq, e.id};
+  e.queue->ready.Push(entry);
+  e.queue->ready_by_key[e.job.concurrency_key()].Push(entry);
+}
+
+bool Engine::ReadyErase(JobEntry& e) {
+  ReadyQueue::Entry entry{e.job.priority(), e.ready_seq, e.id};
+  if (!e.queue->ready.Erase(entry)) return false;
+  auto it = e.queue->ready_by_key.find(e.job.concurrency_key());
+  if (it != e.queue->ready_by_key.end()) {
+    it->second.Erase(entry);
+    if (it->second.empty()) e.queue->ready_by_key.erase(it);
+  }
+  return true;
+}
+
+std::optional<ReadyQueue::Entry> Engine::PickNext(const QueueState& q) const {
+  if (q.paused || q.ready.empty()) return std::nullopt;
+  if (q.max_leased_per_key == 0 && q.ready_by_key.size() <= 1) return q.ready.Front();
+  // Keys take turns, starting after the last one served; the highest
+  // priority wins, and among equals the first key in turn.
+  std::optional<ReadyQueue::Entry> best;
+  auto start = q.ready_by_key.upper_bound(q.rr_last);
+  auto it = start;
+  for (size_t i = 0; i < q.ready_by_key.size(); ++i, ++it) {
+    if (it == q.ready_by_key.end()) it = q.ready_by_key.begin();
+    const std::string& key = it->first;
+    if (q.max_leased_per_key > 0 && !key.empty()) {
+      auto l = q.leased_by_key.find(key);
+      if (l != q.leased_by_key.end() && l->second >= q.max_leased_per_key) continue;
+    }
+    auto front = it->second.Front();
+    if (front && (!best || front->priority > best->priority)) best = front;
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------
+// Cancel.
+
+v1::Job Engine::CancelledJob(const JobEntry& e, const std::string& attempt_error) const {
+  const auto now = clock_.Now();
+  v1::Job job = e.job;
+  job.set_state(v1::JOB_STATE_CANCELLED);
+  job.clear_lease_deadline();
+  *job.mutable_updated_at() = ToProto(now);
+  *job.mutable_finished_at() = ToProto(now);
+  if (job.history_size() > 0) {
+    v1::Attempt* a = job.mutable_history(job.history_size() - 1);
+    *a->mutable_ended_at() = ToProto(now);
+    a->set_outcome(v1::ATTEMPT_OUTCOME_CANCELLED);
+    a->set_error(Truncate(attempt_error));
+  }
+  // job.error keeps the cancel reason, set when the cancel was requested.
+  return job;
+}
+
+void Engine::Cancel(uint64_t id, std::string reason, JobDone done) {
+  JobEntry* e = Find(id);
+  if (e == nullptr) {
+    done(absl::NotFoundError("job " + store::FormatJobId(id) + " not found"));
+    return;
+  }
+  if (reason.empty()) reason = "cancelled";
+  WithJob(*e, [this, id, reason = Truncate(reason), done = std::move(done)]() mutable {
+    if (stopping_) {
+      done(absl::UnavailableError("broker is shutting down"));
+      return;
+    }
+    JobEntry* found = Find(id);
+    if (found == nullptr) {
+      done(absl::NotFoundError("job " + store::FormatJobId(id) + " was deleted"));
+      return;
+    }
+    JobEntry& e = *found;
+    const v1::JobState state = e.job.state();
+    if (IsTerminal(state)) {
+      done(absl::FailedPreconditionError(
+          "job " + e.job.id() + " is already " + v1::JobState_Name(state) +
+          "; only READY, SCHEDULED or LEASED jobs can be cancelled"));
+      return;
+    }
+    const auto now = clock_.Now();
+    v1::Job job = e.job;
+    *job.mutable_updated_at() = ToProto(now);
+    job.set_error(reason);
+    if (state == v1::JOB_STATE_LEASED) {
+      if (e.job.cancel_requested()) {
+        done(GetJob(id));
+        return;
+      }
+      job.set_cancel_requested(true);
+      CommitJob(e, std::move(job), v1::EVENT_TYPE_CANCEL_REQUESTED, options_.sync_by_default,
+                [this, done = std::move(done)](const absl::Status& s, JobEntry& e) {
+                  if (!s.ok()) {
+                    done(s);
+                    return;
+                  }
+                  done(GetJob(e.id));
+                });
+      return;
+    }
+    // READY or SCHEDULED: out of the ready queue now, so that no lease picks
+    // it while the write is in flight; back in its old place if it fails.
+    const bool was_ready = ReadyErase(e);
+    job.set_state(v1::JOB_STATE_CANCELLED);
+    job.clear_lease_deadline();
+    *job.mutable_finished_at() = ToProto(now);
+    const auto run_at = e.run_at;
+    CommitJob(e, std::move(job), v1::EVENT_TYPE_CANCELLED, options_.sync_by_default,
+              [this, was_ready, run_at, done = std::move(done)](const absl::Status& s,
+                                                                 JobEntry& e) {
+                if (!s.ok()) {
+                  if (was_ready) {
+                    ReadyPush(e);
+                    Dispatch(*e.queue);
+                  }
+                  done(s);
+                  return;
+                }
+                scheduled_.Remove(run_at, e.id);
+                done(GetJob(e.id));
+              });
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Queue control.
+
+void Engine::UpdateQueueRecord(const std::string& name,
+                               const std::function<void(store::QueueRecord&)>& change,
+                               StatusDone done) {
+  if (stopping_) {
+    done(absl::UnavailableError("broker is shutting down"));
+    return;
+  }
+  QueueState& q = Queue(name);
+  q.desired.set_name(name);
+  change(q.desired);
+  store::QueueRecord rec = q.desired;
+  commit::Mutation m;
+  m.sync = true;  // operators expect a pause to hold after a power loss
+  m.ops.push_back({commit::Cf::kDefault, store::QueueKey(name), rec.SerializeAsString()});
+  pipeline_->Submit(std::move(m), [this, name, rec, done = std::move(done)](
+                                      commit::CommitResult&& r) {
+    QueueState& q = Queue(name);
+    if (!r.status.ok()) {
+      // The record on disk is the last committed one.
+      q.desired.set_paused(q.paused);
+      q.desired.set_max_leased_per_key(q.max_leased_per_key);
+      done(r.status);
+      return;
+    }
+    // Writes commit in submission order, so this is the newest committed
+    // record.
+    q.paused = rec.paused();
+    q.max_leased_per_key = rec.max_leased_per_key();
+    done(absl::OkStatus());
+    Dispatch(q);
+  });
+}
+
+void Engine::SetPaused(const std::string& queue, bool paused, StatusDone done) {
+  UpdateQueueRecord(
+      queue, [paused](store::QueueRecord& r) { r.set_paused(paused); }, std::move(done));
+}
+
+void Engine::SetQueueConfig(const std::string& queue, uint32_t max_leased_per_key,
+                            StatusDone done) {
+  UpdateQueueRecord(
+      queue,
+      [max_leased_per_key](store::QueueRecord& r) {
+        r.set_max_leased_per_key(max_leased_per_key);
+      },
+      std::move(done));
+}
+
+void Engine::Purge(const std::string& queue, CountDone done) {
+  if (stopping_) {
+    done(absl::UnavailableError("broker is shutting down"));
+    return;
+  }
+  auto qit = queues_.find(queue);
+  if (qit == queues_.end()) {
+    done(uint64_t{0});
+    return;
+  }
+  std::vector<uint64_t> victims;
+  for (uint64_t id : qit->second.ids) {
+    JobEntry* e = Find(id);
+    if (e == nullptr || e->busy) continue;
+    v1::JobState st = e->job.state();
+    if (st == v1::JOB_STATE_READY || st == v1::JOB_STATE_SCHEDULED) victims.push_back(id);
+  }
+  if (victims.empty()) {
+    done(uint64_t{0});
+    return;
+  }
+  struct Progress {
+    size_t writes = 0;
+    uint64_t purged = 0;
+    absl::Status error;
+    CountDone done;
+  };
+  auto progress = std::make_shared<Progress>();
+  progress->done = std::move(done);
+  constexpr size_t kChunk = 1000;
+  const auto now = clock_.Now();
+  for (size_t at = 0; at < victims.size(); at += kChunk) {
+    auto ids = std::make_shared<std::vector<uint64_t>>(
+        victims.begin() + static_cast<ptrdiff_t>(at),
+        victims.begin() + static_cast<ptrdiff_t>(std::min(victims.size(), at + kChunk)));
+    commit::Mutation m;
+    m.sync = options_.sync_by_default;
+    for (uint64_t id : *ids) {
+      JobEntry& e = *Find(id);
+      ReadyErase(e);
+      e.busy = true;
+      m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
+      v1::Event ev = MakeEvent(e.job, v1::EVENT_TYPE_DELETED);
+      *ev.mutable_time() = ToProto(now);
+      m.events.push_back(std::move(ev));
+    }
+    progress->writes++;
+    pipeline_->Submit(std::move(m), [this, ids, progress](commit::CommitResult&& r) {
+      std::vector<QueueState*> touched;
+      for (uint64_t id : *ids) {
+        JobEntry* e = Find(id);
+        if (e == nullptr) continue;
+        e->busy = false;
+        if (r.status.ok()) {
+          EraseJob(id);
+          progress->purged++;
+        } else {
+          if (e->job.state() == v1::JOB_STATE_READY) ReadyPush(*e);
+          touched.push_back(e->queue);
+          ReleaseJob(*e);
+        }
+      }
+      if (r.status.ok()) {
+        Published(r.events);
+        NoteDeleted(ids->size());
+      } else if (progress->error.ok()) {
+        progress->error = r.status;
+      }
+      for (QueueState* q : touched) Dispatch(*q);
+      if (--progress->writes == 0) {
+        if (progress->error.ok()) {
+          progress->done(progress->purged);
+        } else {
+          progress->done(progress->error);
+        }
+      }
+    });
+  }
+}
+
+void Engine::EraseJob(uint64_t id) {
+  auto it = jobs_.find(id);
+  if (it == jobs_.end()) return;
+  std::unique_ptr<JobEntry> owned = std::move(it->second);
+  jobs_.erase(it);
+  JobEntry& e = *owned;
+  QueueState& q = *e.queue;
+  ReadyErase(e);
+  scheduled_.Remove(e.run_at, id);
+  if (e.job.state() == v1::JOB_STATE_LEASED) {
+    leases_.Remove(e.lease_deadline, id);
+    if (!e.job.concurrency_key().empty()) {
+      auto l = q.leased_by_key.find(e.job.concurrency_key());
+      if (l != q.leased_by_key.end() && --l->second == 0) q.leased_by_key.erase(l);
+    }
+  }
+  if (e.expiring) expiries_.Remove(e.expire_at, id);
+  q.counts[e.job.state()]--;
+  q.ids.erase(id);
+  if (!e.job.idempotency_key().empty()) {
+    auto k = idem_.find(IdemKey(e.job.queue(), e.job.idempotency_key()));
+    if (k != idem_.end() && k->second.job_id == id) idem_.erase(k);
+  }
+  deleted_total_++;
+  for (uint64_t wid : e.waiters) {
+    auto w = job_waiters_.find(wid);
+    if (w == job_waiters_.end()) continue;
+    JobWaiter waiter = std::move(w->second);
+    job_waiters_.erase(w);
+    waiter.timer->cancel();
+    waiter.done(absl::NotFoundError("job " + e.job.id() + " was deleted"), false);
+  }
+  // Operations that waited for the job's write now find no job.
+  for (auto& fn : e.deferred) fn();
+}
+
+void Engine::NoteDeleted(uint64_t n) {
+  deletes_since_compact_ += n;
+  if (deletes_since_compact_ >= options_.compact_after_deletes) {
+    deletes_since_compact_ = 0;
+    if (options_.request_compaction) options_.request_compaction();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Retention.
+
+void Engine::UpdateExpiry(JobEntry& e) {
+  if (e.expiring) {
+    expiries_.Remove(e.expire_at, e.id);
+    e.expiring = false;
+  }
+  if (!IsTerminal(e.job.state())) return;
+  microseconds keep = options_.retention;
+  if (e.job.has_retention() && DurationFromProto(e.job.retention()).count() > 0) {
+    keep = DurationFromProto(e.job.retention());
+  }
+  auto finished = e.job.has_finished_at() ? FromProto(e.job.finished_at())
+                                          : FromProto(e.job.updated_at());
+  e.expire_at = finished + keep;
+  e.expiring = true;
+  expiries_.Add(e.expire_at, e.id);
+}
+
+void Engine::SweepRetention(util::Clock::TimePoint now) {
+  if (retention_in_flight_ || stopping_) return;
+  auto due = expiries_.PopDue(now, options_.retention_batch);
+  if (due.empty()) return;
+  auto ids = std::make_shared<std::vector<uint64_t>>();
+  commit::Mutation m;
+  m.sync = false;  // a deletion lost to a power loss is simply redone
+  for (uint64_t id : due) {
+    JobEntry* e = Find(id);
+    if (e == nullptr) continue;
+    e->expiring = false;
+    if (!IsTerminal(e->job.state())) continue;
+    if (e->busy) {
+      // A write (e.g. a redrive) is in flight; look again shortly.
+      e->expire_at = now + std::chrono::seconds(1);
+      e->expiring = true;
+      expiries_.Add(e->expire_at, id);
+      continue;
+    }
+    e->busy = true;
+    ids->push_back(id);
+    m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
+    v1::Event ev = MakeEvent(e->job, v1::EVENT_TYPE_DELETED);
+    *ev.mutable_time() = ToProto(now);
+    m.events.push_back(std::move(ev));
+  }
+  if (ids->empty()) return;
+  retention_in_flight_ = true;
+  pipeline_->Submit(std::move(m), [this, ids](commit::CommitResult&& r) {
+    retention_in_flight_ = false;
+    const auto now = clock_.Now();
+    for (uint64_t id : *ids) {
+      JobEntry* e = Find(id);
+      if (e == nullptr) continue;
+      e->busy = false;
+      if (r.status.ok()) {
+        EraseJob(id);
+      } else {
+        e->expire_at = now + std::chrono::seconds(1);
+        e->expiring = true;
+        expiries_.Add(e->expire_at, id);
+        ReleaseJob(*e);
+      }
+    }
+    if (r.status.ok()) {
+      Published(r.events);
+      NoteDeleted(ids->size());
+    }
+    ArmTimers();
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Dead letters.
+
+void Engine::Redrive(const std::string& queue, std::vector<uint64_t> ids,
+                     std::optional<std::string> payload, CountDone done) {
+  if (stopping_) {
+    done(absl::UnavailableError("broker is shutting down"));
+    return;
+  }
+  if (ids.empty()) {
+    auto qit = queues_.find(queue);
+    if (qit != queues_.end()) {
+      for (uint64_t id : qit->second.ids) {
+        JobEntry* e = Find(id);
+        if (e != nullptr && e->job.state() == v1::JOB_STATE_DEAD) ids.push_back(id);
+      }
+    }
+  } else {
+    for (size_t i = 0; i < ids.size(); ++i) {
+      const std::string field = "job_ids[" + std::to_string(i) + "]";
+      JobEntry* e = Find(ids[i]);
+      if (e == nullptr) {
+        done(absl::NotFoundError(field + ": job " + store::FormatJobId(ids[i]) + " not found"));
+        return;
+      }
+      if (!queue.empty() && e->job.queue() != queue) {
+        done(absl::InvalidArgumentError(field + ": job " + e->job.id() + " is in queue \"" +
+                                        e->job.queue() + "\", not \"" + queue + "\""));
+        return;
+      }
+      if (e->job.state() != v1::JOB_STATE_DEAD) {
+        done(absl::FailedPreconditionError(field + ": job " + e->job.id() + " is " +
+                                           v1::JobState_Name(e->job.state()) +
+                                           ", not DEAD; only DEAD jobs can be redriven"));
+        return;
+      }
+    }
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  }
+  if (ids.empty()) {
+    done(uint64_t{0});
+    return;
+  }
+  struct Progress {
+    size_t left = 0;
+    uint64_t redriven = 0;
+    absl::Status error;
+    CountDone done;
+  };
+  auto progress = std::make_shared<Progress>();
+  progress->left = ids.size();
+  progress->done = std::move(done);
+  auto finish_one = [progress] {
+    if (--progress->left > 0) return;
+    if (progress->redriven == 0 && !progress->error.ok()) {
+      progress->done(progress->error);
+    } else {
+      progress->done(progress->redriven);
+    }
+  };
+  for (uint64_t id : ids) {
+    JobEntry& e = *Find(id);
+    WithJob(e, [this, id, payload, progress, finish_one] {
+      JobEntry* found = Find(id);
+      if (found == nullptr || found->job.state() != v1::JOB_STATE_DEAD || stopping_) {
+        finish_one();  // deleted or changed meanwhile
+        return;
+      }
+      JobEntry& e = *found;
+      const auto now = clock_.Now();
+      v1::Job job = e.job;
+      job.set_state(v1::JOB_STATE_READY);
+      job.set_attempts(0);
+      job.clear_error();
+      job.clear_result();
+      job.clear_finished_at();
+      job.clear_lease_deadline();
+      job.set_cancel_requested(false);
+      if (payload) job.set_payload(*payload);
+      *job.mutable_run_at() = ToProto(now);
+      *job.mutable_updated_at() = ToProto(now);
+      CommitJob(e, std::move(job), v1::EVENT_TYPE_REDRIVEN, options_.sync_by_default,
+                [this, progress, finish_one](const absl::Status& s, JobEntry& e) {
+                  if (!s.ok()) {
+                    if (progress->error.ok()) progress->error = s;
+                  } else {
+                    progress->redriven++;
+                    Place(e);
+                    Dispatch(*e.queue);
+                  }
+                  finish_one();
+                });
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Listing.
+
+ListPage Engine::ListJobs(const ListSpec& spec) const {
+  ListPage page;
+  auto qit = queues_.find(spec.queue);
+  if (qit == queues_.end()) return page;
+  const std::set<uint64_t>& ids = qit->second.ids;
+  size_t scanned = 0;
+  uint64_t last = 0;
+  auto visit = [&](uint64_t id) -> bool {  // false: the page is done
+    if (page.jobs.size() >= spec.page_size || scanned >= spec.max_scan) {
+      page.next = last;
+      return false;
+    }
+    scanned++;
+    last = id;
+    JobEntry* e = Find(id);
+    if (e == nullptr) return true;
+    if (spec.state != v1::JOB_STATE_UNSPECIFIED && e->job.state() != spec.state) return true;
+    auto job = GetJob(id);
+    if (!job.ok()) return true;
+    if (spec.omit_payload) job->clear_payload();
+    page.jobs.push_back(std::move(*job));
+    return true;
+  };
+  if (!spec.newest_first) {
+    for (auto it = spec.after ? ids.upper_bound(spec.after) : ids.begin(); it != ids.end();
+         ++it) {
+      if (!visit(*it)) break;
+    }
+  } else {
+    auto from = spec.after ? ids.lower_bound(spec.after) : ids.end();
+    for (auto it = std::make_reverse_iterator(from); it != ids.rend(); ++it) {
+      if (!visit(*it)) break;
+    }
+  }
+  return page;
 }
 
 // ---------------------------------------------------------------------------
@@ -775,6 +1560,7 @@ v1::QueueStats Engine::QueueStats(const std::string& name) const {
     }
   }
   st.set_paused(q.paused);
+  st.set_max_leased_per_key(q.max_leased_per_key);
   st.set_total_enqueued(q.total_enqueued);
   st.set_total_succeeded(q.total_succeeded);
   st.set_total_failed(q.total_failed);

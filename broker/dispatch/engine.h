@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -30,6 +31,9 @@
 
 namespace errand::dispatch {
 
+// SUCCEEDED, DEAD and CANCELLED.
+bool IsTerminal(v1::JobState s);
+
 struct EngineOptions {
   // Lease given to a delivery when neither the job nor the worker names one.
   // Default: 30s.
@@ -45,13 +49,61 @@ struct EngineOptions {
   // Longest error message stored per attempt; longer ones are truncated.
   // Default: 4096.
   size_t max_error_bytes = 4096;
+  // How long finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept when the
+  // job names no retention (--retention). Default: 7 days.
+  std::chrono::microseconds retention{std::chrono::hours(24 * 7)};
+  // How long an idempotency key keeps answering with its job
+  // (--idempotency-window). Default: 24h.
+  std::chrono::microseconds idempotency_window{std::chrono::hours(24)};
+  // Most non-terminal jobs per queue; 0: no limit (--max-queue-depth).
+  // Default: 1,000,000.
+  uint64_t max_queue_depth = 1'000'000;
+  // Most finished jobs deleted by one retention sweep (one write); the next
+  // sweep starts once it committed. Default: 1000.
+  size_t retention_batch = 1000;
+  // After this many deleted jobs (retention, purge), request_compaction is
+  // called. Default: 10000.
+  uint64_t compact_after_deletes = 10000;
+  // Asks the store to compact the jobs column family. Called on core: must
+  // return at once (the store compacts on its own thread). Default: none.
+  std::function<void()> request_compaction;
 };
 
 // What a committed enqueue reports.
 struct EnqueueOutcome {
+  // One per request, in order: the new job's id, or the original job's id
+  // when the request's idempotency key matched.
   std::vector<std::string> job_ids;
   bool synced = false;
   uint64_t commit_seq = 0;
+  // One per request: true when it was answered with an existing job.
+  std::vector<bool> duplicate;
+  // One per request: for duplicates, the existing job as it is now (else
+  // empty).
+  std::vector<v1::Job> jobs;
+};
+
+// One page of Engine::ListJobs.
+struct ListSpec {
+  std::string queue;
+  // UNSPECIFIED: every state.
+  v1::JobState state = v1::JOB_STATE_UNSPECIFIED;
+  bool newest_first = false;
+  // REQUIRES: >= 1.
+  uint32_t page_size = 100;
+  // Start after this job id in the chosen order (a previous page's `next`);
+  // 0: from the start.
+  uint64_t after = 0;
+  bool omit_payload = false;
+  // Most jobs examined per page (bounds the work on core when a state
+  // filter skips many).
+  size_t max_scan = 10000;
+};
+
+struct ListPage {
+  std::vector<v1::Job> jobs;
+  // Pass as ListSpec::after for the next page; 0 on the last page.
+  uint64_t next = 0;
 };
 
 struct LeaseSpec {
@@ -128,6 +180,67 @@ class Engine {
   // Returns false when the call no longer waits (it is being answered).
   bool CancelLeaseWait(uint64_t waiter_id);
 
+  // Ends the lease `lease_token` of job `id` now, as if it had expired,
+  // recording `outcome` (e.g. WORKER_LOST when a Connect stream dropped).
+  // A no-op when the token is no longer current.
+  void ReleaseLease(uint64_t id, uint64_t lease_token, v1::AttemptOutcome outcome);
+
+  // Long poll for a terminal state: `done(job, terminal)` runs when the job
+  // becomes SUCCEEDED, DEAD or CANCELLED, or when `timeout` passes (then with
+  // the current state and terminal=false). Returns an id for CancelWaitJob
+  // when the call waits, else 0.
+  using WaitDone = std::function<void(absl::StatusOr<v1::Job>, bool terminal)>;
+  uint64_t WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done);
+  // Withdraws a waiting WaitJob without answering it; false if not waiting.
+  bool CancelWaitJob(uint64_t waiter_id);
+  size_t waiting_jobs() const { return job_waiters_.size(); }
+
+  // Receives every committed event, in sequence order, right after the
+  // change it describes is applied in memory. Thread: core.
+  using EventSink = std::function<void(const std::vector<v1::Event>&)>;
+  void SetEventSink(EventSink sink) { event_sink_ = std::move(sink); }
+
+  using StatusDone = std::function<void(absl::Status)>;
+  using CountDone = std::function<void(absl::StatusOr<uint64_t>)>;
+
+  // Cancels a job. READY/SCHEDULED: committed CANCELLED (event
+  // EVENT_TYPE_CANCELLED), never delivered afterwards. LEASED: committed
+  // with cancel_requested (EVENT_TYPE_CANCEL_REQUESTED); the job ends
+  // CANCELLED on Fail or when its lease ends, SUCCEEDED on Complete.
+  // `reason` becomes the job's error. `done` gets the job as committed;
+  // NOT_FOUND, or FAILED_PRECONDITION for a terminal job.
+  void Cancel(uint64_t id, std::string reason, JobDone done);
+
+  // Pauses (leases nothing; waiting Lease calls keep waiting) or resumes a
+  // queue. The state is committed (synced) to the queue's record before it
+  // applies and `done` runs; it survives restarts.
+  void SetPaused(const std::string& queue, bool paused, StatusDone done);
+  // Sets the most jobs per non-empty concurrency_key LEASED at once in
+  // `queue` (0: no limit); committed like SetPaused.
+  void SetQueueConfig(const std::string& queue, uint32_t max_leased_per_key, StatusDone done);
+
+  // Deletes every READY and SCHEDULED job of `queue` that has no write in
+  // flight (records included; event EVENT_TYPE_DELETED each) and answers
+  // how many.
+  void Purge(const std::string& queue, CountDone done);
+
+  // Makes DEAD jobs READY again (attempts 0, history kept, event
+  // EVENT_TYPE_REDRIVEN): `ids`, or every DEAD job of `queue` when `ids` is
+  // empty. With `ids`, each must exist (NOT_FOUND), be in `queue` when it is
+  // not empty (INVALID_ARGUMENT) and be DEAD (FAILED_PRECONDITION); on such
+  // an error nothing changes. `payload` replaces each job's payload.
+  // Answers how many were redriven.
+  void Redrive(const std::string& queue, std::vector<uint64_t> ids,
+               std::optional<std::string> payload, CountDone done);
+
+  // One page of the jobs of a queue (committed state), by creation order.
+  ListPage ListJobs(const ListSpec& spec) const;
+
+  // Finished jobs waiting for their retention to end.
+  size_t retained_jobs() const { return expiries_.size(); }
+  // Jobs deleted (retention, purge) since start.
+  uint64_t deleted_jobs() const { return deleted_total_; }
+
   void Complete(uint64_t id, uint64_t lease_token, std::string result, JobDone done);
   void Fail(uint64_t id, uint64_t lease_token, FailSpec spec, JobDone done);
   void Extend(uint64_t id, uint64_t lease_token, std::chrono::microseconds extend_by,
@@ -157,15 +270,41 @@ class Engine {
     QueueState* queue = nullptr;
     bool busy = false;
     std::deque<std::function<void()>> deferred;
+    std::vector<uint64_t> waiters;  // WaitJob calls
+    // While finished: when retention deletes it (in expiries_).
+    util::Clock::TimePoint expire_at{};
+    bool expiring = false;
+  };
+
+  struct JobWaiter {
+    uint64_t job_id = 0;
+    WaitDone done;
+    std::unique_ptr<asio::steady_timer> timer;
   };
 
   struct QueueState {
     std::string name;
-    ReadyQueue ready;
+    ReadyQueue ready;  // every READY job
+    // The same READY jobs by concurrency_key ("" for jobs without one);
+    // keys take turns (round-robin after rr_last) within one priority.
+    std::map<std::string, ReadyQueue> ready_by_key;
+    std::string rr_last;
+    // Jobs LEASED, or picked for a lease being committed, per non-empty key.
+    std::unordered_map<std::string, uint32_t> leased_by_key;
+    std::set<uint64_t> ids;       // every job of the queue (id order = creation order)
+    uint64_t pending = 0;         // jobs in enqueues not yet committed
     std::list<uint64_t> waiters;  // Lease calls waiting on this queue, oldest first
     uint64_t counts[7] = {};      // by JobState
     uint64_t total_enqueued = 0, total_succeeded = 0, total_failed = 0, total_dead = 0;
+    // Committed settings, and the record including writes in flight.
     bool paused = false;
+    uint32_t max_leased_per_key = 0;
+    store::QueueRecord desired;
+  };
+
+  struct IdemEntry {
+    uint64_t job_id = 0;
+    util::Clock::TimePoint created{};
   };
 
   struct Waiter {
@@ -175,6 +314,27 @@ class Engine {
     std::vector<std::pair<QueueState*, std::list<uint64_t>::iterator>> links;
   };
 
+  void Published(const std::vector<v1::Event>& events);
+  // Ready-queue membership (both indexes).
+  void ReadyPush(JobEntry& e);
+  bool ReadyErase(JobEntry& e);
+  // The job the queue would lease next (fairness and pause applied).
+  std::optional<ReadyQueue::Entry> PickNext(const QueueState& q) const;
+  bool HasLeasable(const QueueState& q) const { return PickNext(q).has_value(); }
+  // Removes a job from memory after its record was deleted; answers its
+  // waiters and runs its deferred operations (which then find no job).
+  void EraseJob(uint64_t id);
+  void UpdateExpiry(JobEntry& e);
+  void SweepRetention(util::Clock::TimePoint now);
+  void NoteDeleted(uint64_t n);
+  void UpdateQueueRecord(const std::string& name,
+                         const std::function<void(store::QueueRecord&)>& change, StatusDone done);
+  // The job after a cancelled LEASED job's attempt ended.
+  v1::Job CancelledJob(const JobEntry& e, const std::string& attempt_error) const;
+  std::string IdemKey(const std::string& queue, const std::string& key) const {
+    return queue + '\n' + key;
+  }
+  void FireJobWaiters(JobEntry& e);
   QueueState& Queue(const std::string& name);
   JobEntry* Find(uint64_t id) const;
   uint64_t NextJobId();
@@ -224,8 +384,18 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<JobEntry>> jobs_;
   std::map<std::string, QueueState> queues_;
   std::unordered_map<uint64_t, Waiter> waiters_;
+  std::unordered_map<uint64_t, JobWaiter> job_waiters_;
+  EventSink event_sink_;
   DeadlineSet leases_;
   DeadlineSet scheduled_;
+  DeadlineSet expiries_;  // finished jobs by retention end
+  bool retention_in_flight_ = false;
+  uint64_t deletes_since_compact_ = 0;
+  uint64_t deleted_total_ = 0;
+  // Idempotency keys (IdemKey) of committed jobs, and of enqueues in flight
+  // with the calls that wait for them.
+  std::unordered_map<std::string, IdemEntry> idem_;
+  std::unordered_map<std::string, std::vector<std::function<void()>>> pending_keys_;
   std::vector<uint64_t> restarted_leases_;
 
   uint64_t last_job_id_ = 0;

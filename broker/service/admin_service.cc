@@ -1,7 +1,7 @@
 #include "service/admin_service.h"
 
 #include "service/grpc_status.h"
-#include "service/unimplemented.h"
+#include "store/keys.h"
 #include "util/time.h"
 
 namespace errand::service {
@@ -32,34 +32,143 @@ grpc::ServerUnaryReactor* AdminService::GetQueueStats(grpc::CallbackServerContex
   return reactor;
 }
 
+namespace {
+
+// Runs engine->SetPaused(queue, paused) and answers.
+grpc::ServerUnaryReactor* SetPausedCall(const ServiceContext* ctx,
+                                        grpc::CallbackServerContext* context,
+                                        const std::string& queue, bool paused) {
+  auto* reactor = context->DefaultReactor();
+  if (auto s = ValidateQueueName(queue, "queue"); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  ctx->OnCore([ctx, reactor, queue, paused] {
+    ctx->engine->SetPaused(queue, paused,
+                           [reactor](absl::Status s) { reactor->Finish(ToGrpc(s)); });
+  });
+  return reactor;
+}
+
+}  // namespace
+
 grpc::ServerUnaryReactor* AdminService::PauseQueue(grpc::CallbackServerContext* context,
-                                                   const v1::PauseQueueRequest*,
+                                                   const v1::PauseQueueRequest* request,
                                                    v1::PauseQueueResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Admin/PauseQueue");
+  return SetPausedCall(ctx_, context, request->queue(), true);
 }
 
 grpc::ServerUnaryReactor* AdminService::ResumeQueue(grpc::CallbackServerContext* context,
-                                                    const v1::ResumeQueueRequest*,
+                                                    const v1::ResumeQueueRequest* request,
                                                     v1::ResumeQueueResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Admin/ResumeQueue");
+  return SetPausedCall(ctx_, context, request->queue(), false);
 }
 
 grpc::ServerUnaryReactor* AdminService::PurgeQueue(grpc::CallbackServerContext* context,
-                                                   const v1::PurgeQueueRequest*,
-                                                   v1::PurgeQueueResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Admin/PurgeQueue");
+                                                   const v1::PurgeQueueRequest* request,
+                                                   v1::PurgeQueueResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (auto s = ValidateQueueName(request->queue(), "queue"); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  ctx_->OnCore([ctx = ctx_, reactor, response, queue = request->queue()] {
+    ctx->engine->Purge(queue, [reactor, response](absl::StatusOr<uint64_t> r) {
+      if (!r.ok()) {
+        reactor->Finish(ToGrpc(r.status()));
+        return;
+      }
+      response->set_purged(*r);
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::ListDeadJobs(grpc::CallbackServerContext* context,
-                                                     const v1::ListDeadJobsRequest*,
-                                                     v1::ListDeadJobsResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Admin/ListDeadJobs");
+                                                     const v1::ListDeadJobsRequest* request,
+                                                     v1::ListDeadJobsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  absl::Status s = ValidateQueueName(request->queue(), "queue");
+  auto size = ParsePageSize(request->page_size(), "page_size");
+  auto after = ParsePageToken(request->page_token(), "page_token");
+  if (s.ok()) s = size.status();
+  if (s.ok()) s = after.status();
+  if (!s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  dispatch::ListSpec spec;
+  spec.queue = request->queue();
+  spec.state = v1::JOB_STATE_DEAD;
+  spec.page_size = *size;
+  spec.after = *after;
+  ctx_->OnCore([ctx = ctx_, reactor, response, spec = std::move(spec)] {
+    dispatch::ListPage page = ctx->engine->ListJobs(spec);
+    for (v1::Job& j : page.jobs) *response->add_jobs() = std::move(j);
+    response->set_next_page_token(MakePageToken(page.next));
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::RedriveJobs(grpc::CallbackServerContext* context,
-                                                    const v1::RedriveJobsRequest*,
-                                                    v1::RedriveJobsResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Admin/RedriveJobs");
+                                                    const v1::RedriveJobsRequest* request,
+                                                    v1::RedriveJobsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  absl::Status s = ValidateRedrive(*request);
+  if (s.ok() && request->replace_payload() &&
+      request->payload().size() > ctx_->limits.max_payload_bytes) {
+    s = absl::InvalidArgumentError("payload is " + std::to_string(request->payload().size()) +
+                                   " bytes; the limit is " +
+                                   std::to_string(ctx_->limits.max_payload_bytes) +
+                                   " bytes (--max-payload-bytes)");
+  }
+  if (!s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  std::vector<uint64_t> ids;
+  for (const std::string& id : request->job_ids()) ids.push_back(*store::ParseJobId(id));
+  std::optional<std::string> payload;
+  if (request->replace_payload()) payload = request->payload();
+  ctx_->OnCore([ctx = ctx_, reactor, response, queue = request->queue(), ids = std::move(ids),
+                payload = std::move(payload)]() mutable {
+    ctx->engine->Redrive(queue, std::move(ids), std::move(payload),
+                         [reactor, response](absl::StatusOr<uint64_t> r) {
+                           if (!r.ok()) {
+                             reactor->Finish(ToGrpc(r.status()));
+                             return;
+                           }
+                           response->set_redriven(*r);
+                           reactor->Finish(grpc::Status::OK);
+                         });
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AdminService::SetQueueConfig(grpc::CallbackServerContext* context,
+                                                       const v1::SetQueueConfigRequest* request,
+                                                       v1::SetQueueConfigResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  absl::Status s = ValidateQueueName(request->queue(), "queue");
+  if (s.ok() && request->max_leased_per_key() > kMaxLeasedPerKey) {
+    s = absl::InvalidArgumentError("max_leased_per_key is " +
+                                   std::to_string(request->max_leased_per_key()) +
+                                   "; the limit is " + std::to_string(kMaxLeasedPerKey));
+  }
+  if (!s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  ctx_->OnCore([ctx = ctx_, reactor, response, queue = request->queue(),
+                limit = request->max_leased_per_key()] {
+    ctx->engine->SetQueueConfig(queue, limit, [ctx, reactor, response, queue](absl::Status s) {
+      if (s.ok()) *response->mutable_stats() = ctx->engine->QueueStats(queue);
+      reactor->Finish(ToGrpc(s));
+    });
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* AdminService::GetServerInfo(grpc::CallbackServerContext* context,

@@ -31,6 +31,9 @@ class AdminService final : public v1::Admin::CallbackService {
   grpc::ServerUnaryReactor* RedriveJobs(grpc::CallbackServerContext* context,
                                         const v1::RedriveJobsRequest* request,
                                         v1::RedriveJobsResponse* response) override;
+  grpc::ServerUnaryReactor* SetQueueConfig(grpc::CallbackServerContext* context,
+                                           const v1::SetQueueConfigRequest* request,
+                                           v1::SetQueueConfigResponse* response) override;
   grpc::ServerUnaryReactor* GetServerInfo(grpc::CallbackServerContext* context,
                                           const v1::GetServerInfoRequest* request,
                                           v1::GetServerInfoResponse* response) override;

@@ -8,23 +8,32 @@
 
 #include "commit/commit_pipeline.h"
 #include "dispatch/engine.h"
+#include "hub/event_hub.h"
 #include "service/validate.h"
 #include "util/clock.h"
 
 namespace errand::service {
+
+class WorkerRegistry;
 
 // What the gRPC services share. Services run on gRPC callback threads: they
 // validate, then post to core, and never block or touch the store.
 struct ServiceContext {
   asio::io_context* core = nullptr;
   dispatch::Engine* engine = nullptr;  // Thread: core
-  const commit::CommitPipeline* pipeline = nullptr;
+  commit::CommitPipeline* pipeline = nullptr;
+  hub::EventHub* hub = nullptr;  // Thread: core
+  WorkerRegistry* workers = nullptr;  // Thread: core
+  // How long a dropped Connect stream's leases are kept. Default: 10s.
+  std::chrono::milliseconds worker_grace{10000};
   const util::Clock* clock = nullptr;
   Limits limits;
   bool sync_by_default = true;
   std::chrono::milliseconds sync_interval{100};
   std::chrono::system_clock::time_point started_at;
   uint64_t boot_epoch = 0;
+  // Set on core when shutdown begins. Thread: core.
+  mutable bool stopping = false;
   std::string version;
 
   template <typename F>

@@ -1,18 +1,70 @@
 #include "service/events_service.h"
 
-#include "service/unimplemented.h"
+#include "service/event_stream.h"
+#include "service/grpc_status.h"
+#include "util/time.h"
 
 namespace errand::service {
 
 grpc::ServerWriteReactor<v1::SubscribeResponse>* EventsService::Subscribe(
-    grpc::CallbackServerContext*, const v1::SubscribeRequest*) {
-  return new UnimplementedWriter<v1::SubscribeResponse>("errand.v1.Events/Subscribe");
+    grpc::CallbackServerContext* context, const v1::SubscribeRequest* request) {
+  return NewSubscribeReactor(ctx_, context, request);
 }
 
 grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* context,
-                                                 const v1::PublishRequest*,
-                                                 v1::PublishResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Events/Publish");
+                                                 const v1::PublishRequest* request,
+                                                 v1::PublishResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  absl::Status s = ValidateQueueName(request->topic(), "topic");
+  if (s.ok() && request->payload().size() > ctx_->limits.max_payload_bytes) {
+    s = absl::InvalidArgumentError("payload is " + std::to_string(request->payload().size()) +
+                                   " bytes; the limit is " +
+                                   std::to_string(ctx_->limits.max_payload_bytes) +
+                                   " bytes (--max-payload-bytes)");
+  }
+  if (s.ok()) {
+    size_t header_bytes = 0;
+    for (const auto& [k, v] : request->headers()) header_bytes += k.size() + v.size();
+    if (header_bytes > ctx_->limits.max_headers_bytes) {
+      s = absl::InvalidArgumentError("headers total " + std::to_string(header_bytes) +
+                                     " bytes; the limit is " +
+                                     std::to_string(ctx_->limits.max_headers_bytes));
+    }
+  }
+  if (s.ok() && !v1::Durability_IsValid(request->durability())) {
+    s = absl::InvalidArgumentError("durability is not a known Durability");
+  }
+  if (!s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  commit::Mutation m;
+  m.sync = request->durability() == v1::DURABILITY_SYNC ||
+           (request->durability() == v1::DURABILITY_UNSPECIFIED && ctx_->sync_by_default);
+  v1::Event ev;
+  ev.set_type(v1::EVENT_TYPE_MESSAGE);
+  *ev.mutable_time() = util::ToProto(ctx_->clock->Now());
+  ev.set_topic(request->topic());
+  ev.set_payload(request->payload());
+  *ev.mutable_headers() = request->headers();
+  m.events.push_back(std::move(ev));
+  ctx_->OnCore([ctx = ctx_, reactor, response, m = std::move(m)]() mutable {
+    if (ctx->stopping) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "broker is shutting down"));
+      return;
+    }
+    ctx->pipeline->Submit(std::move(m), [ctx, reactor, response](commit::CommitResult&& r) {
+      if (!r.status.ok()) {
+        reactor->Finish(ToGrpc(r.status));
+        return;
+      }
+      response->set_seq(r.events.at(0).seq());
+      response->set_durability(r.synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC);
+      ctx->hub->Publish(r.events);
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+  return reactor;
 }
 
 }  // namespace errand::service

@@ -17,7 +17,7 @@ class EventsService final : public v1::Events::CallbackService {
                                     v1::PublishResponse* response) override;
 
  private:
-  [[maybe_unused]] const ServiceContext* const ctx_;
+  const ServiceContext* const ctx_;
 };
 
 }  // namespace errand::service

@@ -1,10 +1,14 @@
 #include "service/jobs_service.h"
 
+#include <memory>
 #include <vector>
 
+#include "service/enqueue_stream.h"
+#include "service/event_stream.h"
 #include "service/grpc_status.h"
 #include "service/unimplemented.h"
 #include "store/keys.h"
+#include "util/time.h"
 
 namespace errand::service {
 namespace {
@@ -35,6 +39,10 @@ grpc::ServerUnaryReactor* JobsService::Enqueue(grpc::CallbackServerContext* cont
                            response->set_job_id(r->job_ids.at(0));
                            response->set_durability(Reached(r->synced));
                            response->set_commit_seq(r->commit_seq);
+                           if (!r->duplicate.empty() && r->duplicate[0]) {
+                             response->set_duplicate(true);
+                             *response->mutable_job() = std::move(r->jobs[0]);
+                           }
                            reactor->Finish(grpc::Status::OK);
                          });
   });
@@ -58,11 +66,15 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
                              reactor->Finish(ToGrpc(r.status()));
                              return;
                            }
-                           for (const std::string& id : r->job_ids) {
+                           for (size_t i = 0; i < r->job_ids.size(); ++i) {
                              auto* one = response->add_results();
-                             one->set_job_id(id);
+                             one->set_job_id(r->job_ids[i]);
                              one->set_durability(Reached(r->synced));
                              one->set_commit_seq(r->commit_seq);
+                             if (i < r->duplicate.size() && r->duplicate[i]) {
+                               one->set_duplicate(true);
+                               *one->mutable_job() = std::move(r->jobs[i]);
+                             }
                            }
                            response->set_durability(Reached(r->synced));
                            response->set_commit_seq(r->commit_seq);
@@ -74,8 +86,7 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
 
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>*
 JobsService::EnqueueStream(grpc::CallbackServerContext*) {
-  return new UnimplementedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
-      "errand.v1.Jobs/EnqueueStream");
+  return NewEnqueueStream(ctx_);
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context,
@@ -99,26 +110,135 @@ grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* conte
   return reactor;
 }
 
+namespace {
+
+// A WaitJob long poll; withdrawn on core when its client goes away. `State`
+// lives on core; the reactor is deleted by gRPC after Finish.
+class WaitJobReactor final : public grpc::ServerUnaryReactor {
+ public:
+  struct State {
+    WaitJobReactor* reactor = nullptr;
+    bool finished = false;
+    uint64_t waiter_id = 0;
+  };
+
+  WaitJobReactor(const ServiceContext* ctx, v1::WaitJobResponse* response)
+      : ctx_(ctx), response_(response), state_(std::make_shared<State>()) {
+    state_->reactor = this;
+  }
+
+  void Start(uint64_t id, std::chrono::microseconds timeout) {
+    ctx_->OnCore([ctx = ctx_, st = state_, response = response_, id, timeout] {
+      uint64_t wid = ctx->engine->WaitJob(
+          id, timeout, [st, response](absl::StatusOr<v1::Job> job, bool terminal) {
+            if (st->finished) return;
+            st->finished = true;
+            if (!job.ok()) {
+              st->reactor->Finish(ToGrpc(job.status()));
+              return;
+            }
+            *response->mutable_job() = std::move(*job);
+            response->set_done(terminal);
+            st->reactor->Finish(grpc::Status::OK);
+          });
+      if (!st->finished) st->waiter_id = wid;
+    });
+  }
+
+  void OnCancel() override {
+    ctx_->OnCore([ctx = ctx_, st = state_] {
+      if (st->finished || st->waiter_id == 0) return;
+      if (!ctx->engine->CancelWaitJob(st->waiter_id)) return;
+      st->finished = true;
+      st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "wait cancelled"));
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  const ServiceContext* const ctx_;
+  v1::WaitJobResponse* const response_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace
+
 grpc::ServerUnaryReactor* JobsService::WaitJob(grpc::CallbackServerContext* context,
-                                               const v1::WaitJobRequest*, v1::WaitJobResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Jobs/WaitJob");
+                                               const v1::WaitJobRequest* request,
+                                               v1::WaitJobResponse* response) {
+  auto id = ParseJobIdField(request->job_id(), "job_id");
+  absl::Status s = id.status();
+  if (s.ok()) {
+    s = ValidateDuration(request->timeout(), "timeout", std::chrono::microseconds(0), kMaxWait,
+                         true);
+  }
+  if (!s.ok()) {
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  auto timeout = request->has_timeout() ? util::DurationFromProto(request->timeout())
+                                        : std::chrono::microseconds(std::chrono::seconds(30));
+  // Answer a little before the caller's own deadline, so it gets the state
+  // rather than DEADLINE_EXCEEDED.
+  auto until_deadline = std::chrono::duration_cast<std::chrono::microseconds>(
+      context->deadline() - std::chrono::system_clock::now() - std::chrono::milliseconds(50));
+  if (until_deadline.count() > 0 && until_deadline < timeout) timeout = until_deadline;
+  auto* reactor = new WaitJobReactor(ctx_, response);
+  reactor->Start(*id, timeout);
+  return reactor;
 }
 
 grpc::ServerWriteReactor<v1::WatchJobResponse>* JobsService::EnqueueAndWatch(
-    grpc::CallbackServerContext*, const v1::EnqueueRequest*) {
-  return new UnimplementedWriter<v1::WatchJobResponse>("errand.v1.Jobs/EnqueueAndWatch");
+    grpc::CallbackServerContext* context, const v1::EnqueueRequest* request) {
+  return NewWatchReactor(ctx_, context, request);
 }
 
 grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* context,
-                                                 const v1::CancelJobRequest*,
-                                                 v1::CancelJobResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Jobs/CancelJob");
+                                                 const v1::CancelJobRequest* request,
+                                                 v1::CancelJobResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (auto s = ValidateCancel(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  uint64_t id = *ParseJobIdField(request->job_id(), "job_id");
+  ctx_->OnCore([ctx = ctx_, reactor, response, id, reason = request->reason()]() mutable {
+    ctx->engine->Cancel(id, std::move(reason), [reactor, response](absl::StatusOr<v1::Job> r) {
+      if (!r.ok()) {
+        reactor->Finish(ToGrpc(r.status()));
+        return;
+      }
+      *response->mutable_job() = std::move(*r);
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* context,
-                                                const v1::ListJobsRequest*,
-                                                v1::ListJobsResponse*) {
-  return UnimplementedUnary(context, "errand.v1.Jobs/ListJobs");
+                                                const v1::ListJobsRequest* request,
+                                                v1::ListJobsResponse* response) {
+  auto* reactor = context->DefaultReactor();
+  if (auto s = ValidateListJobs(*request); !s.ok()) {
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  dispatch::ListSpec spec;
+  spec.queue = request->queue();
+  spec.state = request->state();
+  spec.newest_first = request->order() == v1::SORT_ORDER_NEWEST_FIRST;
+  spec.page_size = *ParsePageSize(request->page_size(), "page_size");
+  spec.after = *ParsePageToken(request->page_token(), "page_token");
+  spec.omit_payload = request->omit_payload();
+  ctx_->OnCore([ctx = ctx_, reactor, response, spec = std::move(spec)] {
+    dispatch::ListPage page = ctx->engine->ListJobs(spec);
+    for (v1::Job& j : page.jobs) *response->add_jobs() = std::move(j);
+    response->set_next_page_token(MakePageToken(page.next));
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
 }
 
 }  // namespace errand::service

@@ -106,7 +106,8 @@ absl::Status ValidateEnqueue(const v1::EnqueueRequest& req, const Limits& limits
   if (header_bytes > limits.max_headers_bytes) {
     return absl::InvalidArgumentError(F(p, "headers") + " total " + std::to_string(header_bytes) +
                                       " bytes; the limit is " +
-                                      std::to_string(limits.max_headers_bytes));
+                                      std::to_string(limits.max_headers_bytes) +
+                                      " bytes (--max-headers-bytes)");
   }
   if (req.has_run_at() && req.has_delay()) {
     return absl::InvalidArgumentError(F(p, "run_at") + " and " + F(p, "delay") +
@@ -118,7 +119,11 @@ absl::Status ValidateEnqueue(const v1::EnqueueRequest& req, const Limits& limits
         ts.nanos() > 999999999) {
       return absl::InvalidArgumentError(F(p, "run_at") + " is not a valid timestamp");
     }
-    if (util::FromProto(ts) > now + kMaxDelay) {
+    // Compared in seconds: far-future timestamps overflow a time_point.
+    const int64_t now_s =
+        std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count();
+    const int64_t max_s = std::chrono::duration_cast<std::chrono::seconds>(kMaxDelay).count();
+    if (ts.seconds() > now_s + max_s) {
       return absl::InvalidArgumentError(F(p, "run_at") + " is more than 365 days ahead");
     }
   }
@@ -235,7 +240,8 @@ absl::Status ValidateComplete(const v1::CompleteRequest& req, const Limits& limi
   if (req.result().size() > limits.max_result_bytes) {
     return absl::InvalidArgumentError("result is " + std::to_string(req.result().size()) +
                                       " bytes; the limit is " +
-                                      std::to_string(limits.max_result_bytes));
+                                      std::to_string(limits.max_result_bytes) +
+                                      " bytes (--max-result-bytes)");
   }
   return absl::OkStatus();
 }
@@ -265,6 +271,71 @@ absl::Status ValidateExtend(const v1::ExtendRequest& req) {
     }
   }
   return ValidateDuration(req.extend_by(), "extend_by", kMinLease, kMaxLease, true);
+}
+
+absl::Status ValidateCancel(const v1::CancelJobRequest& req) {
+  if (auto id = ParseJobIdField(req.job_id(), "job_id"); !id.ok()) return id.status();
+  if (req.reason().size() > kMaxReasonBytes) {
+    return absl::InvalidArgumentError("reason is " + std::to_string(req.reason().size()) +
+                                      " bytes; the limit is " + std::to_string(kMaxReasonBytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint32_t> ParsePageSize(uint32_t page_size, std::string_view field) {
+  if (page_size == 0) return kDefaultPageSize;
+  if (page_size > kMaxPageSize) {
+    return absl::InvalidArgumentError(std::string(field) + " is " + std::to_string(page_size) +
+                                      "; the limit is " + std::to_string(kMaxPageSize));
+  }
+  return page_size;
+}
+
+absl::StatusOr<uint64_t> ParsePageToken(std::string_view token, std::string_view field) {
+  if (token.empty()) return uint64_t{0};
+  auto id = store::ParseJobId(token);
+  if (!id) {
+    return absl::InvalidArgumentError(std::string(field) +
+                                      " is not a next_page_token from a previous answer");
+  }
+  return *id;
+}
+
+std::string MakePageToken(uint64_t after) { return after == 0 ? "" : store::FormatJobId(after); }
+
+absl::Status ValidateListJobs(const v1::ListJobsRequest& req) {
+  if (auto s = ValidateQueueName(req.queue(), "queue"); !s.ok()) return s;
+  if (!v1::JobState_IsValid(req.state())) {
+    return absl::InvalidArgumentError("state " + std::to_string(req.state()) +
+                                      " is not a known JobState");
+  }
+  if (!v1::SortOrder_IsValid(req.order())) {
+    return absl::InvalidArgumentError("order " + std::to_string(req.order()) +
+                                      " is not a known SortOrder");
+  }
+  if (auto s = ParsePageSize(req.page_size(), "page_size"); !s.ok()) return s.status();
+  if (auto s = ParsePageToken(req.page_token(), "page_token"); !s.ok()) return s.status();
+  return absl::OkStatus();
+}
+
+absl::Status ValidateRedrive(const v1::RedriveJobsRequest& req) {
+  if (req.queue().empty() && req.job_ids_size() == 0) {
+    return absl::InvalidArgumentError("queue or job_ids is required");
+  }
+  if (!req.queue().empty()) {
+    if (auto s = ValidateQueueName(req.queue(), "queue"); !s.ok()) return s;
+  }
+  if (req.job_ids_size() > 10000) {
+    return absl::InvalidArgumentError("job_ids has " + std::to_string(req.job_ids_size()) +
+                                      " entries; the limit is 10000");
+  }
+  for (int i = 0; i < req.job_ids_size(); ++i) {
+    if (auto id = ParseJobIdField(req.job_ids(i), "job_ids[" + std::to_string(i) + "]");
+        !id.ok()) {
+      return id.status();
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace errand::service

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "errand/v1/admin.pb.h"
 #include "errand/v1/jobs.pb.h"
 #include "errand/v1/workers.pb.h"
 
@@ -54,6 +55,21 @@ absl::Status ValidateLease(const v1::LeaseRequest& req);
 absl::Status ValidateComplete(const v1::CompleteRequest& req, const Limits& limits);
 absl::Status ValidateFail(const v1::FailRequest& req, const Limits& limits);
 absl::Status ValidateExtend(const v1::ExtendRequest& req);
+absl::Status ValidateCancel(const v1::CancelJobRequest& req);
+
+inline constexpr uint32_t kDefaultPageSize = 100;
+inline constexpr uint32_t kMaxPageSize = 1000;
+inline constexpr size_t kMaxReasonBytes = 4096;
+inline constexpr uint32_t kMaxLeasedPerKey = 1'000'000;
+
+// A page_size field: 0 means kDefaultPageSize; at most kMaxPageSize.
+absl::StatusOr<uint32_t> ParsePageSize(uint32_t page_size, std::string_view field);
+// A page token from a previous answer ("" = the first page): the job id the
+// previous page stopped at, 0 for the first page.
+absl::StatusOr<uint64_t> ParsePageToken(std::string_view token, std::string_view field);
+std::string MakePageToken(uint64_t after);
+absl::Status ValidateListJobs(const v1::ListJobsRequest& req);
+absl::Status ValidateRedrive(const v1::RedriveJobsRequest& req);
 
 // A Duration field within [min, max]; `allow_zero` accepts an unset/zero one.
 absl::Status ValidateDuration(const google::protobuf::Duration& d, std::string_view field,

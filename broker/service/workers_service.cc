@@ -4,6 +4,7 @@
 
 #include "service/grpc_status.h"
 #include "service/unimplemented.h"
+#include "service/worker_stream.h"
 #include "util/time.h"
 
 namespace errand::service {
@@ -82,9 +83,8 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
 }
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* WorkersService::Connect(
-    grpc::CallbackServerContext*) {
-  return new UnimplementedBidi<v1::ConnectRequest, v1::ConnectResponse>(
-      "errand.v1.Workers/Connect");
+    grpc::CallbackServerContext* context) {
+  return NewWorkerStream(ctx_, context);
 }
 
 grpc::ServerUnaryReactor* WorkersService::Complete(grpc::CallbackServerContext* context,

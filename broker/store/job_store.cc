@@ -152,6 +152,53 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::GetJob(uint64_t id) {
   return std::optional<JobRecord>(std::move(rec));
 }
 
+absl::Status JobStore::ForEachQueue(const std::function<absl::Status(QueueRecord&&)>& fn) {
+  std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), default_cf_));
+  const std::string prefix = kQueueKeyPrefix;
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    QueueRecord rec;
+    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError("corrupt queue record " + it->key().ToString());
+    }
+    absl::Status s = fn(std::move(rec));
+    if (!s.ok()) return s;
+  }
+  return FromRocks(it->status(), "scanning queue records");
+}
+
+void JobStore::RequestJobsCompaction() {
+  absl::MutexLock lock(&compact_mu_);
+  if (compact_stop_) return;
+  compact_wanted_ = true;
+  if (!compactor_.joinable()) compactor_ = std::thread([this] { RunCompactions(); });
+}
+
+uint64_t JobStore::jobs_compactions() const {
+  absl::MutexLock lock(&compact_mu_);
+  return compactions_;
+}
+
+void JobStore::RunCompactions() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&compact_mu_);
+      compact_mu_.Await(absl::Condition(
+          +[](JobStore* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->compact_mu_) {
+            return s->compact_wanted_ || s->compact_stop_;
+          },
+          this));
+      if (compact_stop_) return;
+      compact_wanted_ = false;
+    }
+    rocksdb::CompactRangeOptions opts;
+    opts.exclusive_manual_compaction = false;
+    opts.bottommost_level_compaction = rocksdb::BottommostLevelCompaction::kForce;
+    rocksdb::Status rs = db_->CompactRange(opts, jobs_cf_, nullptr, nullptr);
+    absl::MutexLock lock(&compact_mu_);
+    if (rs.ok()) compactions_++;
+  }
+}
+
 absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
   rocksdb::WriteOptions wo;
   wo.sync = sync;
@@ -162,6 +209,15 @@ absl::Status JobStore::SyncWAL() { return FromRocks(db_->SyncWAL(), "syncing WAL
 
 absl::Status JobStore::Close() {
   if (closed_ || !db_) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&compact_mu_);
+    compact_stop_ = true;
+  }
+  // Aborts a running manual compaction; the thread then sees the stop.
+  if (compactor_.joinable()) {
+    db_->DisableManualCompaction();
+    compactor_.join();
+  }
   closed_ = true;
   absl::Status result = FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL");
   for (auto* h : {default_cf_, jobs_cf_, events_cf_}) {

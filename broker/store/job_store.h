@@ -2,6 +2,7 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
+#include <absl/synchronization/mutex.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
 #include <rocksdb/write_batch.h>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include "broker/store/records.pb.h"
 
@@ -52,6 +54,16 @@ class JobStore {
   absl::StatusOr<uint64_t> FirstEventSeq();
 
   absl::StatusOr<std::optional<JobRecord>> GetJob(uint64_t id);
+  // Calls `fn` for every stored queue record ("queue/<name>"), by name.
+  absl::Status ForEachQueue(const std::function<absl::Status(QueueRecord&&)>& fn);
+
+  // Asks for a compaction of the jobs column family (reclaims the space of
+  // deleted jobs). Returns at once: the compaction runs on a background
+  // thread of the store, one at a time; requests made while one runs
+  // coalesce into one more. Thread: any. Never blocks.
+  void RequestJobsCompaction();
+  // Compactions finished so far (for tests and metrics). Thread: any.
+  uint64_t jobs_compactions() const;
 
   // Writes `batch`; with `sync`, returns only after the WAL is fsynced.
   absl::Status Write(rocksdb::WriteBatch* batch, bool sync);
@@ -76,6 +88,13 @@ class JobStore {
   rocksdb::ColumnFamilyHandle* events_cf_ = nullptr;
   uint64_t boot_epoch_ = 0;
   bool closed_ = false;
+
+  void RunCompactions();
+  mutable absl::Mutex compact_mu_;
+  bool compact_wanted_ ABSL_GUARDED_BY(compact_mu_) = false;
+  bool compact_stop_ ABSL_GUARDED_BY(compact_mu_) = false;
+  uint64_t compactions_ ABSL_GUARDED_BY(compact_mu_) = 0;
+  std::thread compactor_;  // started by the first request
 };
 
 }  // namespace errand::store

@@ -17,6 +17,10 @@ uint64_t DecodeBE64(std::string_view s) {
   return v;
 }
 
+std::string QueueKey(std::string_view queue) {
+  return std::string(kQueueKeyPrefix) + std::string(queue);
+}
+
 std::string FormatJobId(uint64_t id) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string s(16, '0');

@@ -9,6 +9,7 @@
 //
 // Column families:
 //   default  "meta" -> MetaRecord (format version, boot epoch)
+//            "queue/<name>" -> QueueRecord (pause state, fairness limit)
 //   jobs     be64(job id) -> JobRecord
 //   events   be64(seq) -> errand.v1.Event
 // Big-endian integers make RocksDB's bytewise order the numeric order, so
@@ -20,6 +21,10 @@ namespace errand::store {
 
 inline constexpr uint32_t kStoreFormatVersion = 1;
 inline constexpr char kMetaKey[] = "meta";
+inline constexpr char kQueueKeyPrefix[] = "queue/";
+
+// "queue/<name>" in the default column family.
+std::string QueueKey(std::string_view queue);
 
 // 8 bytes, most significant first.
 std::string EncodeBE64(uint64_t v);

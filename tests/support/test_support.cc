@@ -1,14 +1,18 @@
 #include "support/test_support.h"
 
 #include <fcntl.h>
+#include <grpcpp/generic/generic_stub.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -47,9 +51,13 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
   std::vector<std::string> args = {ERRAND_BROKER_PATH, "--listen=127.0.0.1:0",
                                    "--data-dir=" + data_dir_, "--port-file=" + port_file_};
   for (const auto& a : extra_args_) args.push_back(a);
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return false;
   if (pid == 0) {
+    // A test process that crashes must not leave its broker running.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
     int fd = ::open(log_file_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (fd >= 0) {
       ::dup2(fd, 1);
@@ -63,6 +71,7 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
     ::_exit(127);
   }
   pid_ = pid;
+  port_ = 0;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
@@ -73,9 +82,13 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
     }
     std::ifstream in(port_file_);
     int port = 0;
-    if (in >> port && port > 0) {
-      port_ = port;
-      return true;
+    if (port_ == 0 && in >> port && port > 0) port_ = port;
+    if (port_ > 0) {
+      // The port file is written once the server listens; health says it serves.
+      int health = 0;
+      if (HealthCheck(Channel(), "", &health, std::chrono::seconds(1)).ok() && health == 1) {
+        return true;
+      }
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
@@ -125,6 +138,93 @@ std::string BrokerProcess::Log() const {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+namespace {
+
+// HealthCheckRequest { string service = 1; } in wire format.
+grpc::ByteBuffer EncodeHealthRequest(const std::string& service) {
+  std::string wire;
+  if (!service.empty()) {
+    wire.push_back(0x0a);  // field 1, length-delimited
+    size_t n = service.size();
+    while (n >= 0x80) {
+      wire.push_back(static_cast<char>((n & 0x7f) | 0x80));
+      n >>= 7;
+    }
+    wire.push_back(static_cast<char>(n));
+    wire += service;
+  }
+  grpc::Slice slice(wire);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+// HealthCheckResponse { ServingStatus status = 1; }: returns false when the
+// bytes are not a well-formed message.
+bool DecodeHealthResponse(const grpc::ByteBuffer& buffer, int* status) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return false;
+  std::string wire;
+  for (const auto& s : slices) wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  *status = 0;
+  size_t i = 0;
+  auto varint = [&](uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; i < wire.size() && shift < 64; shift += 7) {
+      uint8_t b = static_cast<uint8_t>(wire[i++]);
+      *v |= static_cast<uint64_t>(b & 0x7f) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  };
+  while (i < wire.size()) {
+    uint64_t tag = 0;
+    if (!varint(&tag)) return false;
+    uint64_t v = 0;
+    switch (tag & 7) {
+      case 0:
+        if (!varint(&v)) return false;
+        if (tag >> 3 == 1) *status = static_cast<int>(v);
+        break;
+      case 2:
+        if (!varint(&v) || v > wire.size() - i) return false;
+        i += v;
+        break;
+      default:
+        return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         int* status, std::chrono::milliseconds timeout) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(timeout));
+  grpc::ByteBuffer request = EncodeHealthRequest(service);
+  grpc::ByteBuffer response;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status result;
+  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   result = std::move(s);
+                   done = true;
+                   cv.notify_all();
+                 });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+  }
+  if (result.ok() && !DecodeHealthResponse(response, status)) {
+    return grpc::Status(grpc::StatusCode::INTERNAL, "malformed HealthCheckResponse");
+  }
+  return result;
 }
 
 }  // namespace errand::testing

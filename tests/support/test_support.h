@@ -29,10 +29,14 @@ class TempDir {
 // Runs the real errand-broker binary on 127.0.0.1 with a free port (port 0
 // and --port-file) and the given data directory.
 //
-// Start() waits until the port file appears and the health service answers.
+// Start() waits until the port file appears and the health service answers
+// SERVING.
 // Kill() sends SIGKILL (a crash); Stop() sends SIGTERM and waits for the exit
 // status. The destructor SIGKILLs a still-running broker. Only the process
-// this object started is ever signalled.
+// this object started is ever signalled. The broker also gets SIGKILL from
+// the kernel when the thread that called Start() ends (PR_SET_PDEATHSIG), so
+// a crashed test leaves no broker behind: call Start() from a thread that
+// outlives the broker, such as the test's own.
 class BrokerProcess {
  public:
   // `extra_args` are appended to the command line, e.g. {"--commit=async"}.
@@ -65,6 +69,14 @@ class BrokerProcess {
   pid_t pid_ = -1;
   int port_ = 0;
 };
+
+// grpc.health.v1.Health/Check over a generic call (the test binaries carry no
+// health descriptors). `service` empty asks for the server as a whole. On OK,
+// `status` gets the HealthCheckResponse.status field (1 = SERVING,
+// 2 = NOT_SERVING; 0 when the answer carried none).
+grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
+                         int* status,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
 // A deadline `d` from now, for ClientContext::set_deadline.
 inline std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {

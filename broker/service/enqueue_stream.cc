@@ -1,0 +1,164 @@
+#include "service/enqueue_stream.h"
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "service/grpc_status.h"
+#include "service/validate.h"
+
+namespace errand::service {
+namespace {
+
+constexpr size_t kMaxUnanswered = 10000;
+
+class EnqueueStreamReactor final
+    : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
+ public:
+  // Core-side state; the reactor is only touched while !finished.
+  struct State {
+    EnqueueStreamReactor* reactor = nullptr;
+    bool finished = false;
+    bool reading = false;     // a StartRead is outstanding
+    bool read_closed = false; // the client half-closed (or the stream broke)
+    bool writing = false;
+    size_t unanswered = 0;
+    std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
+  };
+
+  explicit EnqueueStreamReactor(const ServiceContext* ctx)
+      : ctx_(ctx), st_(std::make_shared<State>()) {
+    st_->reactor = this;
+    st_->reading = true;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ctx_->OnCore([ctx = ctx_, st = st_] {
+        st->reading = false;
+        st->read_closed = true;
+        Pump(ctx, st);
+      });
+      return;
+    }
+    // Validate here, on the gRPC thread; hand the valid jobs to core.
+    std::vector<std::pair<uint64_t, v1::EnqueueRequest>> jobs;
+    std::vector<v1::EnqueueStreamResponse> rejected;
+    auto take = [&](v1::EnqueueStreamRequest& r, bool nested) {
+      absl::Status s = nested && r.more_size() > 0
+                           ? absl::InvalidArgumentError("more[].more must be empty")
+                           : ValidateEnqueue(r.job(), ctx_->limits, ctx_->clock->Now(), "job.");
+      if (s.ok()) {
+        jobs.emplace_back(r.request_id(), std::move(*r.mutable_job()));
+      } else {
+        v1::EnqueueStreamResponse a;
+        a.set_request_id(r.request_id());
+        a.set_error_code(static_cast<int>(s.code()));
+        a.set_error_message(std::string(s.message()));
+        rejected.push_back(std::move(a));
+      }
+    };
+    take(request_, false);
+    for (auto& m : *request_.mutable_more()) take(m, true);
+    request_.Clear();
+    ctx_->OnCore([ctx = ctx_, st = st_, jobs = std::move(jobs),
+                  rejected = std::move(rejected)]() mutable {
+      st->reading = false;
+      if (st->finished) return;
+      st->unanswered += jobs.size();
+      for (auto& a : rejected) st->ready.push_back(std::move(a));
+      for (auto& [rid, job] : jobs) {
+        v1::Durability d = job.durability();
+        std::vector<v1::EnqueueRequest> one;
+        one.push_back(std::move(job));
+        ctx->engine->Enqueue(std::move(one), d,
+                             [ctx, st, rid = rid](absl::StatusOr<dispatch::EnqueueOutcome> r) {
+                               st->unanswered--;
+                               v1::EnqueueStreamResponse a;
+                               a.set_request_id(rid);
+                               if (r.ok()) {
+                                 auto* res = a.mutable_result();
+                                 res->set_job_id(r->job_ids.at(0));
+                                 res->set_durability(r->synced ? v1::DURABILITY_SYNC
+                                                               : v1::DURABILITY_ASYNC);
+                                 res->set_commit_seq(r->commit_seq);
+                               } else {
+                                 a.set_error_code(static_cast<int>(r.status().code()));
+                                 a.set_error_message(std::string(r.status().message()));
+                               }
+                               st->ready.push_back(std::move(a));
+                               Pump(ctx, st);
+                             });
+      }
+      Pump(ctx, st);
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, ok] {
+      st->writing = false;
+      if (st->finished) return;
+      if (!ok) {
+        st->finished = true;
+        st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+        return;
+      }
+      Pump(ctx, st);
+    });
+  }
+
+  void OnCancel() override {
+    ctx_->OnCore([st = st_] {
+      if (st->finished) return;
+      st->finished = true;
+      st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // Core: write packed answers, resume reading, finish when done.
+  static void Pump(const ServiceContext* ctx, const std::shared_ptr<State>& st) {
+    if (st->finished) return;
+    if (!st->writing && !st->ready.empty()) {
+      EnqueueStreamReactor* r = st->reactor;
+      r->response_.Clear();
+      r->response_ = std::move(st->ready.front());
+      for (size_t i = 1; i < st->ready.size(); ++i) {
+        *r->response_.add_more() = std::move(st->ready[i]);
+      }
+      st->ready.clear();
+      st->writing = true;
+      r->StartWrite(&r->response_);
+    }
+    if (ctx->stopping && !st->writing && st->unanswered == 0 && st->ready.empty()) {
+      st->finished = true;
+      st->reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "broker is shutting down"));
+      return;
+    }
+    if (!st->read_closed && !st->reading && st->unanswered < kMaxUnanswered && !ctx->stopping) {
+      st->reading = true;
+      st->reactor->StartRead(&st->reactor->request_);
+    }
+    if (st->read_closed && !st->writing && st->unanswered == 0 && st->ready.empty()) {
+      st->finished = true;
+      st->reactor->Finish(grpc::Status::OK);
+    }
+  }
+
+  const ServiceContext* const ctx_;
+  std::shared_ptr<State> st_;
+  v1::EnqueueStreamRequest request_;
+  v1::EnqueueStreamResponse response_;
+};
+
+}  // namespace
+
+grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
+    const ServiceContext* ctx) {
+  return new EnqueueStreamReactor(ctx);
+}
+
+}  // namespace errand::service

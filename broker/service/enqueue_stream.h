@@ -1,0 +1,18 @@
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include "errand/v1/jobs.pb.h"
+#include "service/context.h"
+
+namespace errand::service {
+
+// Jobs.EnqueueStream: the producer fast path. Reads requests continuously
+// (up to a bound of unanswered ones), enqueues each through the Engine (the
+// commit pipeline groups them), and writes answers packed: everything that
+// became ready while the previous write was in flight goes in the next one.
+// Thread: reactions post to core; only core writes and finishes.
+grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
+    const ServiceContext* ctx);
+
+}  // namespace errand::service

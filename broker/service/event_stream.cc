@@ -1,0 +1,210 @@
+#include "service/event_stream.h"
+
+#include <memory>
+
+#include "dispatch/engine.h"
+#include "service/grpc_status.h"
+#include "service/validate.h"
+
+namespace errand::service {
+namespace {
+
+// A server stream that the hub feeds. `State` is shared between the reactor
+// and core-side closures and is only read or written on core; after Finish,
+// core never touches the reactor again (gRPC deletes it in OnDone).
+template <typename Resp>
+class HubStream : public grpc::ServerWriteReactor<Resp> {
+ public:
+  struct State {
+    HubStream* reactor = nullptr;
+    bool finished = false;
+    uint64_t session = 0;
+    bool end_after_write = false;
+  };
+
+  explicit HubStream(const ServiceContext* ctx) : ctx_(ctx), st_(std::make_shared<State>()) {
+    st_->reactor = this;
+  }
+
+  void OnWriteDone(bool ok) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, ok] {
+      if (st->finished) return;
+      if (!ok) {  // the client is gone
+        ctx->hub->Unsubscribe(st->session);
+        st->finished = true;
+        st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+        return;
+      }
+      if (st->end_after_write) {
+        ctx->hub->Unsubscribe(st->session);
+        st->finished = true;
+        st->reactor->Finish(grpc::Status::OK);
+        return;
+      }
+      ctx->hub->WriteDone(st->session);
+    });
+  }
+
+  void OnCancel() override {
+    ctx_->OnCore([ctx = ctx_, st = st_] {
+      if (st->finished) return;
+      ctx->hub->Unsubscribe(st->session);
+      st->finished = true;
+      st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "subscription cancelled"));
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+  // Called once, right after construction, before the reactor is returned.
+  std::shared_ptr<State> st_for_start() const { return st_; }
+
+  // Core only.
+  static void FinishOnCore(const std::shared_ptr<State>& st, const grpc::Status& status) {
+    if (st->finished) return;
+    st->finished = true;
+    st->reactor->Finish(status);
+  }
+  static void WriteOnCore(const std::shared_ptr<State>& st, Resp msg) {
+    if (st->finished) return;
+    st->reactor->msg_ = std::move(msg);
+    st->reactor->StartWrite(&st->reactor->msg_);
+  }
+
+ protected:
+  const ServiceContext* const ctx_;
+  std::shared_ptr<State> st_;
+  Resp msg_;
+};
+
+using SubscribeStream = HubStream<v1::SubscribeResponse>;
+using WatchStream = HubStream<v1::WatchJobResponse>;
+
+absl::StatusOr<hub::Filter> MakeFilter(const v1::SubscribeRequest& req) {
+  hub::Filter f;
+  for (int i = 0; i < req.queues_size(); ++i) {
+    if (auto s = ValidateQueueName(req.queues(i), "queues[" + std::to_string(i) + "]"); !s.ok()) {
+      return s;
+    }
+    f.queues.insert(req.queues(i));
+  }
+  for (int i = 0; i < req.job_ids_size(); ++i) {
+    auto id = ParseJobIdField(req.job_ids(i), "job_ids[" + std::to_string(i) + "]");
+    if (!id.ok()) return id.status();
+    f.job_ids.insert(req.job_ids(i));
+  }
+  for (int i = 0; i < req.topics_size(); ++i) {
+    if (auto s = ValidateQueueName(req.topics(i), "topics[" + std::to_string(i) + "]"); !s.ok()) {
+      return s;
+    }
+    f.topics.insert(req.topics(i));
+  }
+  for (int t : req.types()) {
+    if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError("types has an unknown event type " + std::to_string(t));
+    }
+    f.types.insert(t);
+  }
+  if (req.queues_size() + req.job_ids_size() + req.topics_size() + req.types_size() > 1024) {
+    return absl::InvalidArgumentError("more than 1024 filter entries");
+  }
+  if (req.from_oldest() && req.after_seq() != 0) {
+    return absl::InvalidArgumentError("after_seq and from_oldest are mutually exclusive");
+  }
+  return f;
+}
+
+}  // namespace
+
+grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext*, const v1::SubscribeRequest* request) {
+  auto* reactor = new SubscribeStream(ctx);
+  auto st = reactor->st_for_start();
+  auto filter = MakeFilter(*request);
+  if (!filter.ok()) {
+    st->finished = true;  // no core closure exists yet
+    reactor->Finish(ToGrpc(filter.status()));
+    return reactor;
+  }
+  hub::Start start;
+  if (request->from_oldest()) {
+    start.kind = hub::Start::kOldest;
+  } else if (request->after_seq() != 0) {
+    start.kind = hub::Start::kAfterSeq;
+    start.after_seq = request->after_seq();
+  }
+  ctx->OnCore([ctx, st, filter = std::move(*filter), start]() mutable {
+    if (st->finished) return;
+    hub::Sink sink;
+    sink.send = [st](const v1::Event& ev) {
+      v1::SubscribeResponse msg;
+      *msg.mutable_event() = ev;
+      SubscribeStream::WriteOnCore(st, std::move(msg));
+    };
+    sink.end = [st](const absl::Status& s) { SubscribeStream::FinishOnCore(st, ToGrpc(s)); };
+    auto id = ctx->hub->Subscribe(std::move(filter), start, std::move(sink));
+    if (!id.ok()) {
+      SubscribeStream::FinishOnCore(st, ToGrpc(id.status()));
+      return;
+    }
+    st->session = *id;
+  });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
+    const ServiceContext* ctx, grpc::CallbackServerContext*, const v1::EnqueueRequest* request) {
+  auto* reactor = new WatchStream(ctx);
+  auto st = reactor->st_for_start();
+  if (auto s = ValidateEnqueue(*request, ctx->limits, ctx->clock->Now()); !s.ok()) {
+    st->finished = true;  // no core closure exists yet
+    reactor->Finish(ToGrpc(s));
+    return reactor;
+  }
+  std::vector<v1::EnqueueRequest> reqs(1, *request);
+  v1::Durability durability = request->durability();
+  ctx->OnCore([ctx, st, reqs = std::move(reqs), durability]() mutable {
+    if (st->finished) return;
+    ctx->engine->Enqueue(std::move(reqs), durability,
+                         [ctx, st](absl::StatusOr<dispatch::EnqueueOutcome> r) {
+      if (!r.ok()) {
+        WatchStream::FinishOnCore(st, ToGrpc(r.status()));
+        return;
+      }
+      if (st->finished) return;  // the client left; the job stays enqueued
+      const std::string job_id = r->job_ids.at(0);
+      // Subscribe before anything else can happen to the job (we are on
+      // core, inside the enqueue's commit), holding sends until the
+      // acceptance below is written: no event can be missed.
+      hub::Filter filter;
+      filter.job_ids.insert(job_id);
+      for (int t = v1::EVENT_TYPE_LEASED; t <= v1::EVENT_TYPE_REDRIVEN; ++t) {
+        if (t != v1::EVENT_TYPE_MESSAGE) filter.types.insert(t);
+      }
+      hub::Sink sink;
+      sink.send = [st](const v1::Event& ev) {
+        v1::WatchJobResponse msg;
+        *msg.mutable_event() = ev;
+        if (ev.has_job() && dispatch::IsTerminal(ev.job().state())) st->end_after_write = true;
+        WatchStream::WriteOnCore(st, std::move(msg));
+      };
+      sink.end = [st](const absl::Status& s) { WatchStream::FinishOnCore(st, ToGrpc(s)); };
+      auto id = ctx->hub->Subscribe(std::move(filter), hub::Start{}, std::move(sink),
+                                    /*hold=*/true);
+      if (!id.ok()) {
+        WatchStream::FinishOnCore(st, ToGrpc(id.status()));
+        return;
+      }
+      st->session = *id;
+      v1::WatchJobResponse accepted;
+      auto* a = accepted.mutable_accepted();
+      a->set_job_id(job_id);
+      a->set_durability(r->synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC);
+      a->set_commit_seq(r->commit_seq);
+      WatchStream::WriteOnCore(st, std::move(accepted));
+    });
+  });
+  return reactor;
+}
+
+}  // namespace errand::service

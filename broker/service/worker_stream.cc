@@ -1,0 +1,330 @@
+#include "service/worker_stream.h"
+
+#include <asio/steady_timer.hpp>
+#include <deque>
+#include <string>
+
+#include "service/grpc_status.h"
+#include "service/validate.h"
+#include "store/keys.h"
+#include "util/time.h"
+
+namespace errand::service {
+
+namespace {
+constexpr uint32_t kMaxCredits = 10000;
+class WorkerStreamReactor;
+}  // namespace
+
+// Core-side state of one Connect stream. The reactor is touched only while
+// !finished; gRPC deletes it after Finish.
+struct WorkerRegistry::Session {
+  WorkerStreamReactor* reactor = nullptr;
+  bool finished = false;
+  bool hello = false;
+  bool reading = false;
+  bool writing = false;
+  bool closed = false;  // the stream ended (read side or cancel)
+  bool leasing = false;
+  uint64_t waiter_id = 0;
+  uint32_t credits = 0;
+  dispatch::LeaseSpec spec;
+  std::unordered_map<uint64_t, uint64_t> held;  // job id -> lease token
+  std::deque<v1::ConnectResponse> out;
+};
+
+namespace {
+
+using Session = WorkerRegistry::Session;
+
+class WorkerStreamReactor final
+    : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
+ public:
+  WorkerStreamReactor(const ServiceContext* ctx, std::string peer)
+      : ctx_(ctx), st_(std::make_shared<Session>()) {
+    st_->reactor = this;
+    st_->spec.worker_id = std::move(peer);
+    st_->reading = true;
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      ctx_->OnCore([ctx = ctx_, st = st_] {
+        st->reading = false;
+        Close(ctx, st, grpc::Status::OK);
+      });
+      return;
+    }
+    v1::ConnectRequest req = std::move(request_);
+    request_.Clear();
+    ctx_->OnCore([ctx = ctx_, st = st_, req = std::move(req)]() mutable {
+      st->reading = false;
+      if (st->finished) return;
+      Handle(ctx, st, std::move(req));
+      if (!st->finished && !st->reading) {
+        st->reading = true;
+        st->reactor->StartRead(&st->reactor->request_);
+      }
+    });
+  }
+
+  void OnWriteDone(bool ok) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, ok] {
+      st->writing = false;
+      if (st->finished) return;
+      if (!ok) {
+        Close(ctx, st, grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+        return;
+      }
+      Pump(st);
+    });
+  }
+
+  void OnCancel() override {
+    ctx_->OnCore([ctx = ctx_, st = st_] {
+      Close(ctx, st, grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  static void Send(const std::shared_ptr<Session>& st, v1::ConnectResponse msg) {
+    if (st->finished) return;
+    st->out.push_back(std::move(msg));
+    Pump(st);
+  }
+
+  static void Pump(const std::shared_ptr<Session>& st) {
+    if (st->finished || st->writing || st->out.empty()) return;
+    st->writing = true;
+    st->reactor->response_ = std::move(st->out.front());
+    st->out.pop_front();
+    st->reactor->StartWrite(&st->reactor->response_);
+  }
+
+  static void Ack(const std::shared_ptr<Session>& st, uint64_t request_id,
+                  const absl::Status& s) {
+    v1::ConnectResponse msg;
+    auto* ack = msg.mutable_ack();
+    ack->set_request_id(request_id);
+    ack->set_error_code(static_cast<int>(s.code()));
+    ack->set_error_message(std::string(s.message()));
+    Send(st, std::move(msg));
+  }
+
+  // Ends the stream: no more deliveries; held leases are released after the
+  // grace period unless the worker reconnects... it cannot take them over,
+  // so they go back to the queue then (or expire earlier by their deadline).
+  static void Close(const ServiceContext* ctx, const std::shared_ptr<Session>& st,
+                    const grpc::Status& status) {
+    if (st->closed) return;
+    st->closed = true;
+    if (st->waiter_id != 0) {
+      ctx->engine->CancelLeaseWait(st->waiter_id);
+      st->waiter_id = 0;
+      st->leasing = false;
+    }
+    ReleaseHeld(ctx, st);
+    if (!st->finished) {
+      st->finished = true;
+      st->reactor->Finish(status);
+    }
+  }
+
+  static void ReleaseHeld(const ServiceContext* ctx, const std::shared_ptr<Session>& st) {
+    if (st->held.empty()) return;
+    auto held = std::make_shared<std::unordered_map<uint64_t, uint64_t>>(std::move(st->held));
+    st->held.clear();
+    for (auto& [id, token] : *held) ctx->workers->Drop(id, st.get());
+    auto timer = std::make_shared<asio::steady_timer>(*ctx->core, ctx->worker_grace);
+    timer->async_wait([ctx, timer, held](const std::error_code&) {
+      for (auto& [id, token] : *held) {
+        ctx->engine->ReleaseLease(id, token, v1::ATTEMPT_OUTCOME_WORKER_LOST);
+      }
+    });
+  }
+
+  static void MaybeLease(const ServiceContext* ctx, const std::shared_ptr<Session>& st) {
+    if (st->finished || st->closed || !st->hello || st->leasing || st->credits == 0 ||
+        ctx->stopping) {
+      return;
+    }
+    st->leasing = true;
+    dispatch::LeaseSpec spec = st->spec;
+    spec.max_jobs = st->credits;
+    spec.wait = std::chrono::seconds(60);
+    uint64_t wid = ctx->engine->Lease(
+        std::move(spec), [ctx, st](absl::StatusOr<std::vector<v1::Lease>> r) {
+          st->leasing = false;
+          st->waiter_id = 0;
+          if (!r.ok()) {
+            Close(ctx, st, ToGrpc(r.status()));
+            return;
+          }
+          for (v1::Lease& lease : *r) {
+            uint64_t id = store::ParseJobId(lease.job().id()).value_or(0);
+            if (st->closed) {
+              // The worker left while the lease was being written.
+              ctx->engine->ReleaseLease(id, lease.lease_token(), v1::ATTEMPT_OUTCOME_WORKER_LOST);
+              continue;
+            }
+            st->held[id] = lease.lease_token();
+            ctx->workers->Hold(id, st);
+            if (st->credits > 0) st->credits--;
+            v1::ConnectResponse msg;
+            *msg.mutable_delivery() = std::move(lease);
+            Send(st, std::move(msg));
+          }
+          MaybeLease(ctx, st);
+        });
+    if (st->leasing) st->waiter_id = wid;
+  }
+
+  static void Handle(const ServiceContext* ctx, const std::shared_ptr<Session>& st,
+                     v1::ConnectRequest req) {
+    const uint64_t rid = req.request_id();
+    switch (req.kind_case()) {
+      case v1::ConnectRequest::kHello: {
+        if (st->hello) {
+          Ack(st, rid, absl::FailedPreconditionError("hello was already sent"));
+          return;
+        }
+        const auto& h = req.hello();
+        absl::Status s = h.queues_size() == 0 ? absl::InvalidArgumentError("hello.queues is empty")
+                                              : absl::OkStatus();
+        for (int i = 0; s.ok() && i < h.queues_size(); ++i) {
+          s = ValidateQueueName(h.queues(i), "hello.queues[" + std::to_string(i) + "]");
+        }
+        if (s.ok()) {
+          s = ValidateDuration(h.lease_duration(), "hello.lease_duration", kMinLease, kMaxLease,
+                               true);
+        }
+        if (!s.ok()) {
+          Close(ctx, st, ToGrpc(s));
+          return;
+        }
+        st->hello = true;
+        st->spec.queues.assign(h.queues().begin(), h.queues().end());
+        if (!h.worker_id().empty()) st->spec.worker_id = h.worker_id();
+        st->spec.lease_duration = util::DurationFromProto(h.lease_duration());
+        st->credits = std::min(kMaxCredits, h.credits());
+        MaybeLease(ctx, st);
+        return;
+      }
+      case v1::ConnectRequest::kCredits:
+        if (!st->hello) {
+          Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                      "the first message on Connect must be hello"));
+          return;
+        }
+        st->credits = std::min<uint64_t>(kMaxCredits, uint64_t{st->credits} + req.credits());
+        MaybeLease(ctx, st);
+        return;
+      case v1::ConnectRequest::kComplete: {
+        absl::Status s = ValidateComplete(req.complete(), ctx->limits);
+        if (!s.ok()) {
+          Ack(st, rid, s);
+          return;
+        }
+        uint64_t id = *store::ParseJobId(req.complete().job_id());
+        uint64_t token = req.complete().lease_token();
+        ctx->engine->Complete(id, token, std::move(*req.mutable_complete()->mutable_result()),
+                              [ctx, st, rid, id](absl::StatusOr<v1::Job> r) {
+                                if (r.ok()) {
+                                  st->held.erase(id);
+                                  ctx->workers->Drop(id, st.get());
+                                }
+                                Ack(st, rid, r.status());
+                              });
+        return;
+      }
+      case v1::ConnectRequest::kFail: {
+        absl::Status s = ValidateFail(req.fail(), ctx->limits);
+        if (!s.ok()) {
+          Ack(st, rid, s);
+          return;
+        }
+        uint64_t id = *store::ParseJobId(req.fail().job_id());
+        dispatch::FailSpec spec;
+        spec.error = req.fail().error();
+        spec.retry_after = util::DurationFromProto(req.fail().retry_after());
+        spec.non_retryable = req.fail().non_retryable();
+        ctx->engine->Fail(id, req.fail().lease_token(), std::move(spec),
+                          [ctx, st, rid, id](absl::StatusOr<v1::Job> r) {
+                            if (r.ok()) {
+                              st->held.erase(id);
+                              ctx->workers->Drop(id, st.get());
+                            }
+                            Ack(st, rid, r.status());
+                          });
+        return;
+      }
+      case v1::ConnectRequest::kExtend: {
+        absl::Status s = ValidateExtend(req.extend());
+        if (!s.ok()) {
+          Ack(st, rid, s);
+          return;
+        }
+        uint64_t id = *store::ParseJobId(req.extend().job_id());
+        std::optional<v1::Progress> progress;
+        if (req.extend().has_progress()) progress = req.extend().progress();
+        ctx->engine->Extend(id, req.extend().lease_token(),
+                            util::DurationFromProto(req.extend().extend_by()), std::move(progress),
+                            [st, rid](absl::StatusOr<dispatch::ExtendOutcome> r) {
+                              v1::ConnectResponse msg;
+                              auto* ack = msg.mutable_ack();
+                              ack->set_request_id(rid);
+                              if (r.ok()) {
+                                *ack->mutable_deadline() = util::ToProto(r->deadline);
+                                ack->set_cancel_requested(r->cancel_requested);
+                              } else {
+                                ack->set_error_code(static_cast<int>(r.status().code()));
+                                ack->set_error_message(std::string(r.status().message()));
+                              }
+                              Send(st, std::move(msg));
+                            });
+        return;
+      }
+      case v1::ConnectRequest::KIND_NOT_SET:
+        Ack(st, rid, absl::InvalidArgumentError("ConnectRequest has no kind set"));
+        return;
+    }
+  }
+
+  friend class errand::service::WorkerRegistry;
+
+  const ServiceContext* const ctx_;
+  std::shared_ptr<Session> st_;
+  v1::ConnectRequest request_;
+  v1::ConnectResponse response_;
+
+ public:
+  // Core: push a cancel request for a held job.
+  static void PushCancel(const std::shared_ptr<Session>& st, const std::string& job_id) {
+    v1::ConnectResponse msg;
+    msg.set_cancel_job_id(job_id);
+    Send(st, std::move(msg));
+  }
+};
+
+}  // namespace
+
+void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
+  for (const v1::Event& ev : events) {
+    if (ev.type() != v1::EVENT_TYPE_CANCEL_REQUESTED) continue;
+    auto id = store::ParseJobId(ev.job_id());
+    if (!id) continue;
+    auto it = holders_.find(*id);
+    if (it == holders_.end()) continue;
+    WorkerStreamReactor::PushCancel(it->second, ev.job_id());
+  }
+}
+
+grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
+    const ServiceContext* ctx, grpc::CallbackServerContext* context) {
+  return new WorkerStreamReactor(ctx, context->peer());
+}
+
+}  // namespace errand::service

@@ -1,0 +1,40 @@
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "errand/v1/workers.pb.h"
+#include "service/context.h"
+
+namespace errand::service {
+
+// Workers.Connect sessions by the jobs they hold, so that a cancel request
+// for a job is pushed to the worker that has it.
+// Thread: core.
+class WorkerRegistry {
+ public:
+  struct Session;
+  // Routes committed events to sessions (CANCEL_REQUESTED -> push).
+  void OnEvents(const std::vector<v1::Event>& events);
+  void Hold(uint64_t job_id, std::shared_ptr<Session> s) { holders_[job_id] = std::move(s); }
+  void Drop(uint64_t job_id, const Session* s) {
+    auto it = holders_.find(job_id);
+    if (it != holders_.end() && it->second.get() == s) holders_.erase(it);
+  }
+  size_t held() const { return holders_.size(); }
+
+ private:
+  std::unordered_map<uint64_t, std::shared_ptr<Session>> holders_;
+};
+
+// Workers.Connect: credits in, deliveries out, completions, failures and
+// extensions answered on the same stream; cancel requests pushed. When the
+// stream drops, the worker's leases are released after the grace period.
+grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
+    const ServiceContext* ctx, grpc::CallbackServerContext* context);
+
+}  // namespace errand::service
