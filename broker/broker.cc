@@ -44,6 +44,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   commit::CommitPipeline::Options popts;
   popts.mode = config.commit;
   popts.sync_interval = config.sync_interval;
+  popts.max_events = config.event_retention_count;
+  popts.max_event_age = config.event_retention_age;
   Broker* raw = b.get();
   b->pipeline_ = std::make_unique<commit::CommitPipeline>(
       b->store_.get(), popts,

@@ -66,6 +66,12 @@ absl::Status Config::Validate() const {
   if (max_result_bytes < 1 || max_result_bytes > (64u << 20)) {
     return absl::InvalidArgumentError("--max-result-bytes must be 1..67108864");
   }
+  if (event_retention_count < 1) {
+    return absl::InvalidArgumentError("--event-retention-count must be at least 1");
+  }
+  if (event_retention_age < std::chrono::seconds(1)) {
+    return absl::InvalidArgumentError("--event-retention-age must be at least 1s");
+  }
   if (shutdown_grace < std::chrono::milliseconds(0) || shutdown_grace > std::chrono::minutes(10)) {
     return absl::InvalidArgumentError("--shutdown-grace must be between 0 and 10m");
   }

@@ -43,6 +43,11 @@ struct Config {
   std::chrono::milliseconds worker_grace{10000};
   // --shutdown-grace: how long SIGTERM waits for in-flight calls. Default: 5s.
   std::chrono::milliseconds shutdown_grace{5000};
+  // --event-retention-count: the event log keeps at most this many events.
+  // Default: 1,000,000.
+  uint64_t event_retention_count = 1'000'000;
+  // --event-retention-age: ...and only events younger than this. Default: 24h.
+  std::chrono::microseconds event_retention_age{std::chrono::hours(24)};
   // --retention: how long finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept
   // when they name no retention of their own. Default: 7 days.
   std::chrono::microseconds retention{std::chrono::hours(24 * 7)};

@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   std::string shutdown_grace = "5s";
   std::string worker_grace = "10s";
   std::string retention = "168h";
+  std::string event_retention_age = "24h";
   std::string idempotency_window = "24h";
   int64_t sync_interval_ms = 100;
   app.add_option("--listen", config.listen, "gRPC listen address (port 0 picks a free port)")
@@ -72,6 +73,13 @@ int main(int argc, char** argv) {
   app.add_option("--shutdown-grace", shutdown_grace,
                  "on SIGTERM/SIGINT, how long in-flight calls may take to finish")
       ->capture_default_str();
+  app.add_option("--event-retention-count", config.event_retention_count,
+                 "the event log (Subscribe's resume window) keeps at most this many events")
+      ->capture_default_str();
+  app.add_option("--event-retention-age", event_retention_age,
+                 "...and only events younger than this (e.g. 24h); older ones are trimmed\n"
+                 "about once a second")
+      ->capture_default_str();
   app.add_option("--retention", retention,
                  "how long finished jobs (SUCCEEDED, DEAD, CANCELLED) are kept before they are\n"
                  "deleted, unless a job names its own retention (e.g. 168h, 30m)")
@@ -102,6 +110,11 @@ int main(int argc, char** argv) {
   config.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
   if (!ParseDurationFlag(worker_grace, std::chrono::seconds(1), "--worker-grace", &d)) return 2;
   config.worker_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(event_retention_age, std::chrono::seconds(1), "--event-retention-age",
+                         &d)) {
+    return 2;
+  }
+  config.event_retention_age = d;
   if (!ParseDurationFlag(retention, std::chrono::seconds(1), "--retention", &d)) return 2;
   config.retention = d;
   if (!ParseDurationFlag(idempotency_window, std::chrono::seconds(1), "--idempotency-window",

@@ -83,6 +83,10 @@ class EnqueueStreamReactor final
                                  res->set_durability(r->synced ? v1::DURABILITY_SYNC
                                                                : v1::DURABILITY_ASYNC);
                                  res->set_commit_seq(r->commit_seq);
+                                 if (!r->duplicate.empty() && r->duplicate[0]) {
+                                   res->set_duplicate(true);
+                                   *res->mutable_job() = std::move(r->jobs[0]);
+                                 }
                                } else {
                                  a.set_error_code(static_cast<int>(r.status().code()));
                                  a.set_error_message(std::string(r.status().message()));

@@ -178,14 +178,20 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
       // acceptance below is written: no event can be missed.
       hub::Filter filter;
       filter.job_ids.insert(job_id);
-      for (int t = v1::EVENT_TYPE_LEASED; t <= v1::EVENT_TYPE_REDRIVEN; ++t) {
-        if (t != v1::EVENT_TYPE_MESSAGE) filter.types.insert(t);
+      for (int t = v1::EventType_MIN; t <= v1::EventType_MAX; ++t) {
+        if (v1::EventType_IsValid(t) && t != v1::EVENT_TYPE_UNSPECIFIED &&
+            t != v1::EVENT_TYPE_ENQUEUED && t != v1::EVENT_TYPE_MESSAGE) {
+          filter.types.insert(t);
+        }
       }
       hub::Sink sink;
       sink.send = [st](const v1::Event& ev) {
         v1::WatchJobResponse msg;
         *msg.mutable_event() = ev;
-        if (ev.has_job() && dispatch::IsTerminal(ev.job().state())) st->end_after_write = true;
+        if ((ev.has_job() && dispatch::IsTerminal(ev.job().state())) ||
+            ev.type() == v1::EVENT_TYPE_DELETED) {
+          st->end_after_write = true;
+        }
         WatchStream::WriteOnCore(st, std::move(msg));
       };
       sink.end = [st](const absl::Status& s) { WatchStream::FinishOnCore(st, ToGrpc(s)); };
@@ -201,6 +207,15 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
       a->set_job_id(job_id);
       a->set_durability(r->synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC);
       a->set_commit_seq(r->commit_seq);
+      if (!r->duplicate.empty() && r->duplicate[0]) {
+        a->set_duplicate(true);
+        *a->mutable_job() = r->jobs[0];
+      }
+      // A duplicate of a job that already ended: nothing more will happen.
+      if (accepted.accepted().duplicate() &&
+          dispatch::IsTerminal(accepted.accepted().job().state())) {
+        st->end_after_write = true;
+      }
       WatchStream::WriteOnCore(st, std::move(accepted));
     });
   });

@@ -9,10 +9,16 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -296,5 +302,176 @@ class BrokerTest : public ::testing::Test {
   std::unique_ptr<testing::BrokerProcess> broker_;
   std::unique_ptr<Client> client_;
 };
+
+// ---------------------------------------------------------------------------
+// Streams: blocking stubs read on a background thread into a queue, so that a
+// test can wait for the next message with a timeout (or not read at all).
+
+// A message queue filled by one reader thread; Next() waits with a timeout.
+template <typename T>
+class TimedQueue {
+ public:
+  void Push(T v) {
+    std::lock_guard<std::mutex> lock(mu_);
+    q_.push_back(std::move(v));
+    cv_.notify_all();
+  }
+  void Close(grpc::Status status) {
+    std::lock_guard<std::mutex> lock(mu_);
+    status_ = std::move(status);
+    closed_ = true;
+    cv_.notify_all();
+  }
+  // The next message, or nullopt when `timeout` passed or the stream ended
+  // with nothing left.
+  std::optional<T> Next(std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return !q_.empty() || closed_; });
+    if (q_.empty()) return std::nullopt;
+    T v = std::move(q_.front());
+    q_.pop_front();
+    return v;
+  }
+  // Waits until the stream ended and every message was taken (or timeout);
+  // returns whether it ended. Messages left unread are counted in `*unread`.
+  bool WaitClosed(std::chrono::milliseconds timeout, grpc::Status* status,
+                  size_t* unread = nullptr) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, timeout, [&] { return closed_; });
+    if (status != nullptr) *status = status_;
+    if (unread != nullptr) *unread = q_.size();
+    return closed_;
+  }
+  bool closed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return closed_;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return q_.size();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<T> q_;
+  bool closed_ = false;
+  grpc::Status status_;
+};
+
+// An Events.Subscribe call. The call starts in the constructor; the reader
+// thread starts then or at StartReading() (a subscriber that reads nothing
+// until then). Every call is bounded by a 120 s deadline.
+class EventStream {
+ public:
+  EventStream(v1::Events::Stub* stub, const v1::SubscribeRequest& req, bool read_now = true) {
+    ctx_.set_deadline(testing::In(120s));
+    reader_ = stub->Subscribe(&ctx_, req);
+    if (read_now) StartReading();
+  }
+  ~EventStream() {
+    ctx_.TryCancel();
+    if (thread_.joinable()) {
+      thread_.join();
+    } else {
+      v1::SubscribeResponse m;
+      while (reader_->Read(&m)) {
+      }
+      reader_->Finish();
+    }
+  }
+  EventStream(const EventStream&) = delete;
+  EventStream& operator=(const EventStream&) = delete;
+
+  void StartReading() {
+    if (thread_.joinable()) return;
+    thread_ = std::thread([this] {
+      v1::SubscribeResponse m;
+      while (reader_->Read(&m)) q_.Push(std::move(*m.mutable_event()));
+      q_.Close(reader_->Finish());
+    });
+  }
+  std::optional<v1::Event> Next(std::chrono::milliseconds timeout = 10s) {
+    return q_.Next(timeout);
+  }
+  // Up to `n` events, stopping early when `timeout` (for all of them) passes
+  // or the stream ends.
+  std::vector<v1::Event> Take(size_t n, std::chrono::milliseconds timeout = 10s) {
+    std::vector<v1::Event> out;
+    const auto until = Clock::now() + timeout;
+    while (out.size() < n) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+      if (left.count() <= 0) break;
+      auto ev = q_.Next(left);
+      if (!ev) break;
+      out.push_back(std::move(*ev));
+    }
+    return out;
+  }
+  // The stream's final status once it ended (within `timeout`).
+  bool WaitEnd(grpc::Status* status, std::chrono::milliseconds timeout = 10s) {
+    return q_.WaitClosed(timeout, status);
+  }
+  void Cancel() { ctx_.TryCancel(); }
+  bool ended() { return q_.closed(); }
+  size_t queued() { return q_.size(); }
+
+ private:
+  grpc::ClientContext ctx_;
+  std::unique_ptr<grpc::ClientReader<v1::SubscribeResponse>> reader_;
+  TimedQueue<v1::Event> q_;
+  std::thread thread_;
+};
+
+inline v1::SubscribeRequest SubscribeReq(std::vector<std::string> queues,
+                                         std::vector<std::string> topics = {},
+                                         uint64_t after_seq = 0) {
+  v1::SubscribeRequest r;
+  for (auto& q : queues) r.add_queues(std::move(q));
+  for (auto& t : topics) r.add_topics(std::move(t));
+  r.set_after_seq(after_seq);
+  return r;
+}
+
+// Publishes to a topic; returns the message's seq (0 and a test failure when
+// the call failed).
+inline uint64_t MustPublish(Client& c, const std::string& topic, const std::string& payload = "",
+                            v1::Durability durability = v1::DURABILITY_UNSPECIFIED) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(testing::In(Client::kRpcTimeout));
+  v1::PublishRequest req;
+  req.set_topic(topic);
+  req.set_payload(payload);
+  req.set_durability(durability);
+  v1::PublishResponse resp;
+  grpc::Status s = c.events->Publish(&ctx, req, &resp);
+  EXPECT_TRUE(s.ok()) << "Publish " << topic << ": " << Show(s);
+  return resp.seq();
+}
+
+// The event log's head right now, as a seq to subscribe after with no race:
+// publishes a marker message (which queue-only subscribers never see).
+inline uint64_t HeadSeq(Client& c) { return MustPublish(c, "e2e.marker", "head"); }
+
+inline grpc::Status WaitJob(Client& c, const std::string& id, std::chrono::milliseconds timeout,
+                            v1::WaitJobResponse* resp) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(testing::In(timeout + Client::kRpcTimeout));
+  v1::WaitJobRequest req;
+  req.set_job_id(id);
+  *req.mutable_timeout() = Dur(timeout);
+  return c.jobs->WaitJob(&ctx, req, resp);
+}
+
+// Resident set size of a process in KiB (VmRSS in /proc/PID/status); 0 if
+// unreadable.
+inline uint64_t VmRssKb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  }
+  return 0;
+}
 
 }  // namespace errand::e2e

@@ -1,0 +1,118 @@
+#pragma once
+
+// Option structs of the errand client library, one per concern. Plain values:
+// copy them freely. Every field says what it means and its default.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "errand/v1/job.pb.h"
+
+namespace errand {
+
+// How the library retries a call that failed with UNAVAILABLE (the broker is
+// down, restarting or shutting down). Retrying enqueues is safe because the
+// library gives every enqueue an idempotency key (see
+// ClientOptions::auto_idempotency_key).
+struct RetryPolicy {
+  // Attempts per call, the first one included; 1 disables retries.
+  // Default: 10.
+  int max_attempts = 10;
+  // Wait before the second attempt. Default: 50ms.
+  std::chrono::milliseconds initial_backoff{50};
+  // Upper bound of any wait. Default: 2s.
+  std::chrono::milliseconds max_backoff{2000};
+  // Growth factor of the wait per attempt. Default: 2.
+  double multiplier = 2.0;
+};
+
+// How a Client reaches the broker and bounds its calls.
+struct ClientOptions {
+  // "host:port" of the broker (plaintext gRPC). Default: "127.0.0.1:7600".
+  std::string address = "127.0.0.1:7600";
+  // Connect() fails with UNAVAILABLE when no connection is up within this
+  // time; zero connects lazily (Connect never fails for an unreachable
+  // broker). Default: 5s.
+  std::chrono::milliseconds connect_timeout{5000};
+  // Deadline of each unary call (Get, Cancel, EnqueueBatch...), per attempt.
+  // Default: 10s.
+  std::chrono::milliseconds rpc_timeout{10000};
+  // How long an enqueue may wait for its answer, retries included, unless
+  // EnqueueOptions::timeout says otherwise. Default: 30s.
+  std::chrono::milliseconds enqueue_timeout{30000};
+  // Retries on UNAVAILABLE, for unary calls and for enqueues whose stream
+  // broke. Default: see RetryPolicy.
+  RetryPolicy retry;
+  // Give every enqueue without an idempotency_key a random 128-bit key, so
+  // that a retried enqueue never makes a second job. Turning it off makes
+  // retries after a broken stream possibly duplicate jobs. Default: true.
+  bool auto_idempotency_key = true;
+  // Most enqueues packed into one EnqueueStream message. Default: 1000.
+  size_t max_pack = 1000;
+};
+
+// Per-call enqueue options.
+struct EnqueueOptions {
+  // Overrides ClientOptions::enqueue_timeout when non-zero. Default: 0.
+  std::chrono::milliseconds timeout{0};
+};
+
+// What a Worker serves and how.
+struct WorkerOptions {
+  // Queues to take jobs from (at least one). Default: none.
+  std::vector<std::string> queues;
+  // Handlers running at once; the worker never holds more leases than this.
+  // Default: 1.
+  int concurrency = 1;
+  // Recorded in each job's attempt history. Default: "" (the library makes
+  // "<hostname>-<pid>").
+  std::string worker_id;
+  // Lease length asked for each job; zero takes each job's own. Default: 0.
+  std::chrono::milliseconds lease_duration{0};
+  // How long one lease poll waits for jobs before asking again. Default: 5s.
+  std::chrono::milliseconds poll_wait{5000};
+  // The lease of a running job is extended when a third of its remaining
+  // time has passed, and at least this often (which is also how soon a
+  // cancel request is seen). Default: 5s.
+  std::chrono::milliseconds max_heartbeat_interval{5000};
+  // Stop(): how long running handlers may take to finish before their jobs
+  // are failed back to the broker (and JobContext::cancelled() turns true).
+  // Default: 10s.
+  std::chrono::milliseconds stop_timeout{10000};
+  // Backoff between lease polls after an error (broker down). Default:
+  // 100ms growing to 2s.
+  std::chrono::milliseconds error_backoff{100};
+  std::chrono::milliseconds max_error_backoff{2000};
+};
+
+// What a Subscription receives and from where it starts.
+struct SubscriptionOptions {
+  enum class Start {
+    // Events committed after the subscription reached the broker.
+    kNow,
+    // The oldest event the broker retains.
+    kOldest,
+    // Events after `after_seq`.
+    kAfterSeq,
+  };
+  // Filters (see events.proto): within a list any entry matches, lists
+  // combine with AND; empty lists match everything. Default: none.
+  std::vector<std::string> queues;
+  std::vector<std::string> job_ids;
+  std::vector<std::string> topics;
+  std::vector<v1::EventType> types;
+  // Where the first connection starts; every reconnection resumes after the
+  // last delivered event. Default: kNow.
+  Start start = Start::kNow;
+  // For Start::kAfterSeq. Default: 0.
+  uint64_t after_seq = 0;
+  // Backoff between reconnection attempts: grows from initial to max,
+  // reset by every delivered event. Default: 50ms to 2s.
+  std::chrono::milliseconds initial_backoff{50};
+  std::chrono::milliseconds max_backoff{2000};
+};
+
+}  // namespace errand

@@ -1,0 +1,473 @@
+// errand::Worker over a pluggable transport. Today: UnaryTransport (Lease long
+// poll, Complete, Fail, Extend). A Connect-stream transport implements the
+// same interface; the thread structure above it stays:
+// - one poller thread leases exactly as many jobs as there are free slots;
+// - `concurrency` executor threads run the handler, then report the outcome;
+// - one heartbeat thread extends the leases of running jobs (a third of the
+//   remaining lease, at most max_heartbeat_interval) and turns
+//   cancel_requested / lost leases into JobContext::cancelled().
+// Threads hold a shared_ptr to Impl, so a handler that ignores Stop() can be
+// left behind on a detached thread without touching freed memory.
+
+#include "errand/worker.h"
+
+#include <grpcpp/grpcpp.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <deque>
+#include <map>
+#include <thread>
+
+#include "errand/v1/workers.grpc.pb.h"
+#include "internal.h"
+
+namespace errand {
+
+using internal::ToAbsl;
+using SteadyClock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr char kNonRetryablePayload[] = "type.errand.dev/non-retryable";
+
+google::protobuf::Duration ToDuration(milliseconds d) {
+  google::protobuf::Duration out;
+  out.set_seconds(d.count() / 1000);
+  out.set_nanos(static_cast<int32_t>((d.count() % 1000) * 1000000));
+  return out;
+}
+
+std::chrono::system_clock::time_point ToTime(const google::protobuf::Timestamp& ts) {
+  return std::chrono::system_clock::time_point(
+      std::chrono::duration_cast<std::chrono::system_clock::duration>(
+          std::chrono::seconds(ts.seconds()) + std::chrono::nanoseconds(ts.nanos())));
+}
+
+// When to extend a lease whose deadline is `deadline`.
+SteadyClock::time_point NextExtend(const google::protobuf::Timestamp& deadline, milliseconds max) {
+  auto left = std::chrono::duration_cast<milliseconds>(ToTime(deadline) -
+                                                       std::chrono::system_clock::now());
+  auto wait = std::min(max, std::max(milliseconds(100), left / 3));
+  return SteadyClock::now() + wait;
+}
+
+bool LostLease(const absl::Status& s) {
+  return s.code() == absl::StatusCode::kFailedPrecondition ||
+         s.code() == absl::StatusCode::kNotFound;
+}
+
+// What a worker needs from the broker. Thread-safe.
+class WorkerTransport {
+ public:
+  virtual ~WorkerTransport() = default;
+  // Blocks up to `wait` (plus the rpc timeout) for up to max_jobs leases.
+  virtual absl::StatusOr<std::vector<v1::Lease>> Lease(int max_jobs, milliseconds wait) = 0;
+  // Makes a Lease in flight return at once (CANCELLED).
+  virtual void Interrupt() = 0;
+  virtual absl::Status Complete(const v1::Lease& lease, const std::string& result) = 0;
+  virtual absl::Status Fail(const v1::Lease& lease, const std::string& error,
+                            bool non_retryable) = 0;
+  virtual absl::StatusOr<v1::ExtendResponse> Extend(const v1::Lease& lease,
+                                                    const v1::Progress* progress) = 0;
+};
+
+class UnaryTransport final : public WorkerTransport {
+ public:
+  UnaryTransport(Client& client, const WorkerOptions& options)
+      : stub_(v1::Workers::NewStub(client.channel())),
+        rpc_timeout_(client.options().rpc_timeout),
+        options_(options) {}
+
+  absl::StatusOr<std::vector<v1::Lease>> Lease(int max_jobs, milliseconds wait) override {
+    v1::LeaseRequest req;
+    for (const auto& q : options_.queues) req.add_queues(q);
+    req.set_max_jobs(static_cast<uint32_t>(max_jobs));
+    *req.mutable_wait() = ToDuration(wait);
+    if (options_.lease_duration.count() > 0) {
+      *req.mutable_lease_duration() = ToDuration(options_.lease_duration);
+    }
+    req.set_worker_id(options_.worker_id);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(internal::After(wait + rpc_timeout_));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (interrupted_) return absl::CancelledError("worker stopping");
+      lease_ctx_ = &ctx;
+    }
+    v1::LeaseResponse resp;
+    grpc::Status s = stub_->Lease(&ctx, req, &resp);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      lease_ctx_ = nullptr;
+    }
+    if (!s.ok()) return ToAbsl(s);
+    return std::vector<v1::Lease>(resp.leases().begin(), resp.leases().end());
+  }
+
+  void Interrupt() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    interrupted_ = true;
+    if (lease_ctx_ != nullptr) lease_ctx_->TryCancel();
+  }
+
+  absl::Status Complete(const v1::Lease& lease, const std::string& result) override {
+    v1::CompleteRequest req;
+    req.set_job_id(lease.job().id());
+    req.set_lease_token(lease.lease_token());
+    req.set_result(result);
+    v1::CompleteResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(internal::After(rpc_timeout_));
+    return ToAbsl(stub_->Complete(&ctx, req, &resp));
+  }
+
+  absl::Status Fail(const v1::Lease& lease, const std::string& error,
+                    bool non_retryable) override {
+    v1::FailRequest req;
+    req.set_job_id(lease.job().id());
+    req.set_lease_token(lease.lease_token());
+    req.set_error(error);
+    req.set_non_retryable(non_retryable);
+    v1::FailResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(internal::After(rpc_timeout_));
+    return ToAbsl(stub_->Fail(&ctx, req, &resp));
+  }
+
+  absl::StatusOr<v1::ExtendResponse> Extend(const v1::Lease& lease,
+                                            const v1::Progress* progress) override {
+    v1::ExtendRequest req;
+    req.set_job_id(lease.job().id());
+    req.set_lease_token(lease.lease_token());
+    if (options_.lease_duration.count() > 0) {
+      *req.mutable_extend_by() = ToDuration(options_.lease_duration);
+    }
+    if (progress != nullptr) *req.mutable_progress() = *progress;
+    v1::ExtendResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(internal::After(rpc_timeout_));
+    grpc::Status s = stub_->Extend(&ctx, req, &resp);
+    if (!s.ok()) return ToAbsl(s);
+    return resp;
+  }
+
+ private:
+  std::unique_ptr<v1::Workers::Stub> stub_;
+  const milliseconds rpc_timeout_;
+  const WorkerOptions options_;
+  std::mutex mu_;
+  grpc::ClientContext* lease_ctx_ = nullptr;
+  bool interrupted_ = false;
+};
+
+class Context final : public JobContext {
+ public:
+  explicit Context(uint64_t token, const std::atomic<bool>* stopping)
+      : token_(token), stopping_(stopping) {}
+  void SetProgress(double fraction, const std::string& message) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    progress_.set_fraction(fraction);
+    progress_.set_message(message);
+    progress_dirty_ = true;
+  }
+  bool cancelled() const override { return cancelled_.load(); }
+  bool stopping() const override { return stopping_->load(); }
+  uint64_t lease_token() const override { return token_; }
+
+  void Cancel() { cancelled_.store(true); }
+  // The progress to send, if any changed since the last call.
+  bool TakeProgress(v1::Progress* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!progress_dirty_) return false;
+    progress_dirty_ = false;
+    *out = progress_;
+    return true;
+  }
+  bool HasProgress() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return progress_dirty_;
+  }
+
+ private:
+  const uint64_t token_;
+  const std::atomic<bool>* stopping_;
+  std::atomic<bool> cancelled_{false};
+  std::mutex mu_;
+  v1::Progress progress_;
+  bool progress_dirty_ = false;
+};
+
+std::string DefaultWorkerId() {
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "worker");
+  return std::string(host) + "-" + std::to_string(::getpid());
+}
+
+}  // namespace
+
+absl::Status NonRetryable(absl::Status error) {
+  error.SetPayload(kNonRetryablePayload, absl::Cord("1"));
+  return error;
+}
+
+bool IsNonRetryable(const absl::Status& error) {
+  return error.GetPayload(kNonRetryablePayload).has_value();
+}
+
+class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
+ public:
+  Impl(Client& client, WorkerOptions options, JobHandler handler)
+      : options_(std::move(options)),
+        retry_(client.options().retry),
+        handler_(std::move(handler)),
+        transport_(std::make_unique<UnaryTransport>(client, options_)) {}
+
+  void Start() {
+    auto self = shared_from_this();
+    poller_ = std::thread([self] { self->PollLoop(); });
+    heartbeat_ = std::thread([self] { self->HeartbeatLoop(); });
+    for (int i = 0; i < options_.concurrency; ++i) {
+      executors_.emplace_back([self] { self->ExecLoop(); });
+    }
+  }
+
+  void Stop();
+  WorkerStats stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+
+  WorkerOptions options_;
+
+ private:
+  struct Running {
+    v1::Lease lease;
+    std::shared_ptr<Context> ctx;
+    SteadyClock::time_point next_extend;
+    SteadyClock::time_point last_extend;
+    bool done = false;
+    bool abandoned = false;
+    bool lost = false;
+  };
+
+  void PollLoop();
+  void ExecLoop();
+  void HeartbeatLoop();
+  // Complete or Fail, retried on UNAVAILABLE.
+  absl::Status Report(const std::function<absl::Status()>& call);
+  bool SleepUnlessStopping(milliseconds d) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return !cv_.wait_for(lock, d, [this] { return stopping_.load(); });
+  }
+
+  const RetryPolicy retry_;
+  const JobHandler handler_;
+  std::unique_ptr<WorkerTransport> transport_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::atomic<bool> stopping_{false};
+  bool stopped_ = false;
+  int held_ = 0;  // leases held: queued or running
+  std::deque<v1::Lease> queue_;
+  std::map<std::string, std::shared_ptr<Running>> running_;
+  WorkerStats stats_;
+  std::thread poller_;
+  std::thread heartbeat_;
+  std::vector<std::thread> executors_;
+};
+
+void Worker::Impl::PollLoop() {
+  int failures = 0;
+  while (!stopping_) {
+    int free_slots;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || held_ < options_.concurrency; });
+      if (stopping_) break;
+      free_slots = options_.concurrency - held_;
+    }
+    absl::StatusOr<std::vector<v1::Lease>> leases =
+        transport_->Lease(free_slots, options_.poll_wait);
+    if (!leases.ok()) {
+      if (stopping_) break;
+      ++failures;
+      SleepUnlessStopping(internal::Backoff(options_.error_backoff, options_.max_error_backoff, 2,
+                                            failures));
+      continue;
+    }
+    failures = 0;
+    if (leases->empty()) continue;
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& l : *leases) {
+      ++held_;
+      ++stats_.leased;
+      queue_.push_back(std::move(l));
+    }
+    cv_.notify_all();
+  }
+}
+
+absl::Status Worker::Impl::Report(const std::function<absl::Status()>& call) {
+  for (int attempt = 1;; ++attempt) {
+    absl::Status s = call();
+    if (s.code() == absl::StatusCode::kUnavailable && attempt < retry_.max_attempts) {
+      std::this_thread::sleep_for(internal::BackoffFor(retry_, attempt));
+      continue;
+    }
+    return s;
+  }
+}
+
+void Worker::Impl::ExecLoop() {
+  for (;;) {
+    auto run = std::make_shared<Running>();
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return !queue_.empty() || stopping_; });
+      if (queue_.empty()) return;
+      run->lease = std::move(queue_.front());
+      queue_.pop_front();
+      run->ctx = std::make_shared<Context>(run->lease.lease_token(), &stopping_);
+      run->last_extend = SteadyClock::now();
+      run->next_extend = NextExtend(run->lease.deadline(), options_.max_heartbeat_interval);
+      running_[run->lease.job().id()] = run;
+    }
+    absl::StatusOr<std::string> result;
+    try {
+      result = handler_(run->lease.job(), *run->ctx);
+    } catch (const std::exception& e) {
+      result = absl::InternalError(std::string("handler threw: ") + e.what());
+    } catch (...) {
+      result = absl::InternalError("handler threw");
+    }
+    bool abandoned;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      run->done = true;
+      abandoned = run->abandoned;
+      running_.erase(run->lease.job().id());
+    }
+    absl::Status s;
+    if (!abandoned) {
+      if (result.ok()) {
+        s = Report([&] { return transport_->Complete(run->lease, *result); });
+      } else {
+        std::string error = std::string(result.status().message());
+        if (error.empty()) error = result.status().ToString();
+        bool non_retryable = IsNonRetryable(result.status());
+        s = Report([&] { return transport_->Fail(run->lease, error, non_retryable); });
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!abandoned) {
+      if (result.ok() && s.ok()) ++stats_.completed;
+      if (!result.ok() && s.ok()) ++stats_.failed;
+      if (LostLease(s)) ++stats_.lost_leases;
+    }
+    --held_;
+    cv_.notify_all();
+  }
+}
+
+void Worker::Impl::HeartbeatLoop() {
+  for (;;) {
+    std::vector<std::shared_ptr<Running>> due;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, milliseconds(50), [this] { return stopped_; });
+      if (stopped_) return;
+      auto now = SteadyClock::now();
+      for (auto& [id, run] : running_) {
+        if (run->done || run->abandoned || run->lost) continue;
+        bool progress_due = run->ctx->HasProgress() && now - run->last_extend >= milliseconds(500);
+        if (now >= run->next_extend || progress_due) due.push_back(run);
+      }
+    }
+    for (auto& run : due) {
+      v1::Progress progress;
+      bool has_progress = run->ctx->TakeProgress(&progress);
+      absl::StatusOr<v1::ExtendResponse> r =
+          transport_->Extend(run->lease, has_progress ? &progress : nullptr);
+      std::lock_guard<std::mutex> lock(mu_);
+      run->last_extend = SteadyClock::now();
+      if (r.ok()) {
+        run->next_extend = NextExtend(r->deadline(), options_.max_heartbeat_interval);
+        if (r->cancel_requested()) run->ctx->Cancel();
+      } else if (LostLease(r.status())) {
+        run->lost = true;
+        run->ctx->Cancel();
+      } else {
+        run->next_extend = SteadyClock::now() + milliseconds(250);
+      }
+    }
+  }
+}
+
+void Worker::Impl::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_ || stopping_) return;
+    stopping_ = true;
+    cv_.notify_all();
+  }
+  transport_->Interrupt();
+  if (poller_.joinable()) poller_.join();
+  std::vector<std::shared_ptr<Running>> abandoned;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, options_.stop_timeout, [this] { return held_ == 0; });
+    for (auto& [id, run] : running_) {
+      if (run->done) continue;
+      run->abandoned = true;
+      run->ctx->Cancel();
+      ++stats_.abandoned;
+      abandoned.push_back(run);
+    }
+  }
+  for (auto& run : abandoned) {
+    Report([&] {
+      return transport_->Fail(run->lease, "worker stopping: the handler did not finish in time",
+                              false);
+    }).IgnoreError();  // A lost lease is the broker's to redeliver.
+  }
+  bool all_done;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    all_done = cv_.wait_for(lock, options_.stop_timeout, [this] { return held_ == 0; });
+    stopped_ = true;
+    cv_.notify_all();
+  }
+  if (heartbeat_.joinable()) heartbeat_.join();
+  for (auto& t : executors_) {
+    if (all_done) {
+      t.join();
+    } else {
+      t.detach();  // a handler ignores cancelled(); it holds a ref to *this
+    }
+  }
+  executors_.clear();
+}
+
+absl::StatusOr<std::unique_ptr<Worker>> Worker::Start(Client& client, WorkerOptions options,
+                                                      JobHandler handler) {
+  if (options.queues.empty()) return absl::InvalidArgumentError("WorkerOptions.queues is empty");
+  if (options.concurrency < 1) {
+    return absl::InvalidArgumentError("WorkerOptions.concurrency must be at least 1");
+  }
+  if (!handler) return absl::InvalidArgumentError("the job handler is empty");
+  if (options.worker_id.empty()) options.worker_id = DefaultWorkerId();
+  if (options.max_heartbeat_interval.count() <= 0) options.max_heartbeat_interval = milliseconds(5000);
+  auto impl = std::make_shared<Impl>(client, std::move(options), std::move(handler));
+  impl->Start();
+  return std::unique_ptr<Worker>(new Worker(std::move(impl)));
+}
+
+Worker::Worker(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Worker::~Worker() { Stop(); }
+void Worker::Stop() { impl_->Stop(); }
+WorkerStats Worker::stats() const { return impl_->stats(); }
+
+}  // namespace errand

@@ -1,0 +1,203 @@
+// errand::Worker against the real broker.
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "e2e/e2e_support.h"
+#include "errand/client.h"
+#include "errand/worker.h"
+
+namespace errand::e2e {
+namespace {
+
+class ClientWorkerTest : public BrokerTest {
+ protected:
+  void SetUp() override {
+    BrokerTest::SetUp();
+    ClientOptions o;
+    o.address = broker_->address();
+    auto c = errand::Client::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    lib_ = std::move(*c);
+  }
+  void TearDown() override {
+    lib_.reset();
+    BrokerTest::TearDown();
+  }
+  // Polls the queue's stats until `pred` holds (up to `timeout`).
+  bool WaitStats(const std::string& queue, const std::function<bool(const v1::QueueStats&)>& pred,
+                 std::chrono::milliseconds timeout = 60s) {
+    auto start = Clock::now();
+    while (Since(start) < timeout) {
+      if (pred(client().Stats(queue))) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+  std::unique_ptr<errand::Client> lib_;
+};
+
+TEST_F(ClientWorkerTest, ConcurrencyFourProcessesThousandJobsExactlyOnce) {
+  std::vector<v1::EnqueueRequest> jobs;
+  for (int i = 0; i < 1000; ++i) jobs.push_back(NewJob("w1000", std::to_string(i)));
+  auto ids = lib_->EnqueueBatch(jobs);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+
+  std::mutex mu;
+  std::map<std::string, int> seen;
+  std::atomic<int> running{0}, max_running{0};
+  WorkerOptions o;
+  o.queues = {"w1000"};
+  o.concurrency = 4;
+  o.poll_wait = 1s;
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    int now = ++running;
+    int prev = max_running.load();
+    while (now > prev && !max_running.compare_exchange_weak(prev, now)) {
+    }
+    {
+      std::lock_guard<std::mutex> l(mu);
+      seen[job.id()]++;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+    --running;
+    return job.payload() + "!";
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitStats("w1000", [](const v1::QueueStats& s) { return s.succeeded() == 1000; }))
+      << client().Stats("w1000").DebugString();
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 1000u);
+  EXPECT_EQ(seen.size(), 1000u);
+  for (const auto& [id, n] : seen) EXPECT_EQ(n, 1) << id;
+  EXPECT_LE(max_running.load(), 4);
+  EXPECT_GE(max_running.load(), 2);
+  for (int i = 0; i < 1000; i += 97) {
+    auto job = lib_->Get((*ids)[i]);
+    ASSERT_TRUE(job.ok());
+    EXPECT_EQ(job->state(), v1::JOB_STATE_SUCCEEDED);
+    EXPECT_EQ(job->result(), std::to_string(i) + "!");
+  }
+}
+
+TEST_F(ClientWorkerTest, HandlerErrorsFailTheJob) {
+  auto retry = NewJob("errs", "retry");
+  retry.set_max_attempts(2);
+  retry.mutable_retry()->mutable_initial_backoff()->set_nanos(1000000);
+  auto fatal = NewJob("errs", "fatal");
+  fatal.set_max_attempts(5);
+  auto a = lib_->Enqueue(retry);
+  auto b = lib_->Enqueue(fatal);
+  ASSERT_TRUE(a.ok() && b.ok());
+  WorkerOptions o;
+  o.queues = {"errs"};
+  o.poll_wait = 200ms;
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    if (job.payload() == "fatal") return NonRetryable(absl::InvalidArgumentError("bad input"));
+    return absl::InternalError("boom");
+  });
+  ASSERT_TRUE(worker.ok());
+  auto ja = lib_->Wait(*a, 20s);
+  auto jb = lib_->Wait(*b, 20s);
+  ASSERT_TRUE(ja.ok()) << ja.status();
+  ASSERT_TRUE(jb.ok()) << jb.status();
+  EXPECT_EQ(ja->state(), v1::JOB_STATE_DEAD);
+  EXPECT_EQ(ja->attempts(), 2u);
+  EXPECT_EQ(ja->error(), "boom");
+  EXPECT_EQ(jb->state(), v1::JOB_STATE_DEAD);
+  EXPECT_EQ(jb->attempts(), 1u);
+  EXPECT_EQ(jb->error(), "bad input");
+}
+
+TEST_F(ClientWorkerTest, LeaseIsExtendedWhileTheHandlerRunsAndProgressIsRecorded) {
+  auto job = NewJob("slow");
+  *job.mutable_lease_duration() = Dur(1s);
+  auto id = lib_->Enqueue(job);
+  ASSERT_TRUE(id.ok());
+  WorkerOptions o;
+  o.queues = {"slow"};
+  o.poll_wait = 200ms;
+  std::atomic<bool> progressed{false};
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job&, JobContext& ctx) -> absl::StatusOr<std::string> {
+    ctx.SetProgress(0.5, "half way");
+    std::this_thread::sleep_for(1200ms);
+    progressed = true;
+    std::this_thread::sleep_for(1500ms);
+    return std::string("finished");
+  });
+  ASSERT_TRUE(worker.ok());
+  auto start = Clock::now();
+  while (!progressed && Since(start) < 10s) std::this_thread::sleep_for(10ms);
+  auto mid = lib_->Get(*id);
+  ASSERT_TRUE(mid.ok());
+  EXPECT_EQ(mid->state(), v1::JOB_STATE_LEASED);
+  EXPECT_EQ(mid->progress().message(), "half way");
+  auto done = lib_->Wait(*id, 20s);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done->attempts(), 1u) << "the lease expired although the handler was running";
+  EXPECT_EQ(done->result(), "finished");
+}
+
+TEST_F(ClientWorkerTest, StopFailsBackHandlersThatDoNotFinish) {
+  auto id = lib_->Enqueue(NewJob("stuck"));
+  ASSERT_TRUE(id.ok());
+  WorkerOptions o;
+  o.queues = {"stuck"};
+  o.poll_wait = 200ms;
+  o.stop_timeout = 300ms;
+  std::atomic<bool> started{false}, saw_cancel{false};
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job&, JobContext& ctx) -> absl::StatusOr<std::string> {
+    started = true;
+    auto t0 = Clock::now();
+    while (!ctx.cancelled() && Since(t0) < 10s) std::this_thread::sleep_for(5ms);
+    saw_cancel = ctx.cancelled();
+    return std::string("too late");
+  });
+  ASSERT_TRUE(worker.ok());
+  auto start = Clock::now();
+  while (!started && Since(start) < 10s) std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(started);
+  auto t0 = Clock::now();
+  (*worker)->Stop();
+  EXPECT_LT(Since(t0), 3s);
+  EXPECT_TRUE(saw_cancel);
+  EXPECT_EQ((*worker)->stats().abandoned, 1u);
+  auto job = lib_->Get(*id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_NE(job->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_NE(job->state(), v1::JOB_STATE_LEASED);
+  ASSERT_GE(job->history_size(), 1);
+  EXPECT_NE(job->history(0).error().find("worker stopping"), std::string::npos);
+}
+
+TEST_F(ClientWorkerTest, CancelRequestReachesTheHandler) {
+  auto id = lib_->Enqueue(NewJob("cancel-me"));
+  ASSERT_TRUE(id.ok());
+  WorkerOptions o;
+  o.queues = {"cancel-me"};
+  o.poll_wait = 200ms;
+  o.max_heartbeat_interval = 200ms;
+  std::atomic<bool> started{false}, saw_cancel{false};
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job&, JobContext& ctx) -> absl::StatusOr<std::string> {
+    started = true;
+    auto t0 = Clock::now();
+    while (!ctx.cancelled() && Since(t0) < 10s) std::this_thread::sleep_for(5ms);
+    saw_cancel = ctx.cancelled();
+    return absl::CancelledError("cancelled");
+  });
+  ASSERT_TRUE(worker.ok());
+  auto start = Clock::now();
+  while (!started && Since(start) < 10s) std::this_thread::sleep_for(5ms);
+  auto c = lib_->Cancel(*id);
+  if (c.status().code() == absl::StatusCode::kUnimplemented) GTEST_SKIP() << "no CancelJob yet";
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto done = lib_->Wait(*id, 15s);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_TRUE(saw_cancel);
+  EXPECT_EQ(done->state(), v1::JOB_STATE_CANCELLED);
+}
+
+}  // namespace
+}  // namespace errand::e2e
