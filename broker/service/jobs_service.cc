@@ -6,7 +6,6 @@
 #include "service/enqueue_stream.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
-#include "service/unimplemented.h"
 #include "store/keys.h"
 #include "util/time.h"
 

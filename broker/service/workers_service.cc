@@ -3,7 +3,6 @@
 #include <memory>
 
 #include "service/grpc_status.h"
-#include "service/unimplemented.h"
 #include "service/worker_stream.h"
 #include "util/time.h"
 
