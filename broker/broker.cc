@@ -154,6 +154,7 @@ absl::Status Broker::Stop() {
       ctx_.stopping = true;
       engine_->Shutdown();
       hub_->Shutdown(absl::UnavailableError("broker is shutting down"));
+      workers_.Shutdown();
     });
   }
   // 2. Let in-flight calls finish: wait (up to the grace) until every write

@@ -44,7 +44,9 @@ void CommitPipeline::TrimEvents() {
     if (t >= cutoff_us) break;
     new_first = ev.seq() + 1;
   }
-  if (new_first > last + 1) new_first = last + 1;
+  // Always keep the newest event: the log's head is where sequence numbers
+  // continue after a restart, so an empty log would start them over.
+  if (new_first > last) new_first = last;
   if (new_first <= first) return;
   rocksdb::WriteBatch batch;
   batch.DeleteRange(store_->events_cf(), store::EncodeBE64(first), store::EncodeBE64(new_first));

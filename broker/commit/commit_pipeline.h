@@ -83,7 +83,8 @@ class CommitPipeline {
     // Event log retention: the log is trimmed (oldest first, about once a
     // second) to at most this many events... Default: 1,000,000.
     uint64_t max_events = 1'000'000;
-    // ...and to events younger than this. Default: 24h.
+    // ...and to events younger than this (the newest event is always kept,
+    // so that sequence numbers continue after a restart). Default: 24h.
     std::chrono::microseconds max_event_age{std::chrono::hours(24)};
   };
 

@@ -138,9 +138,15 @@ class WorkerStreamReactor final
     auto held = std::make_shared<std::unordered_map<uint64_t, uint64_t>>(std::move(st->held));
     st->held.clear();
     for (auto& [id, token] : *held) ctx->workers->Drop(id, st.get());
+    if (ctx->stopping) return;  // the next start makes them READY again
     auto timer = std::make_shared<asio::steady_timer>(*ctx->core, ctx->worker_grace);
-    timer->async_wait([ctx, timer, held](const std::error_code&) {
+    ctx->workers->AddGraceTimer(timer);
+    timer->async_wait([ctx, timer, held](const std::error_code& ec) {
+      if (ec) return;  // cancelled at shutdown
       for (auto& [id, token] : *held) {
+        // A reconnected worker that extended the lease on its new stream
+        // holds it again: keep it.
+        if (ctx->workers->IsHeld(id)) continue;
         ctx->engine->ReleaseLease(id, token, v1::ATTEMPT_OUTCOME_WORKER_LOST);
       }
     });
@@ -222,6 +228,22 @@ class WorkerStreamReactor final
         st->credits = std::min<uint64_t>(kMaxCredits, uint64_t{st->credits} + req.credits());
         MaybeLease(ctx, st);
         return;
+      case v1::ConnectRequest::kComplete:
+      case v1::ConnectRequest::kFail:
+      case v1::ConnectRequest::kExtend:
+        if (!st->hello) {
+          Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                      "the first message on Connect must be hello"));
+          return;
+        }
+        break;
+      default:
+        break;
+    }
+    switch (req.kind_case()) {
+      case v1::ConnectRequest::kHello:
+      case v1::ConnectRequest::kCredits:
+        return;
       case v1::ConnectRequest::kComplete: {
         absl::Status s = ValidateComplete(req.complete(), ctx->limits);
         if (!s.ok()) {
@@ -268,14 +290,22 @@ class WorkerStreamReactor final
           return;
         }
         uint64_t id = *store::ParseJobId(req.extend().job_id());
+        uint64_t token = req.extend().lease_token();
         std::optional<v1::Progress> progress;
         if (req.extend().has_progress()) progress = req.extend().progress();
         ctx->engine->Extend(id, req.extend().lease_token(),
                             util::DurationFromProto(req.extend().extend_by()), std::move(progress),
-                            [st, rid](absl::StatusOr<dispatch::ExtendOutcome> r) {
+                            [ctx, st, rid, id, token](
+                                absl::StatusOr<dispatch::ExtendOutcome> r) {
                               v1::ConnectResponse msg;
                               auto* ack = msg.mutable_ack();
                               ack->set_request_id(rid);
+                              if (r.ok() && !st->closed) {
+                                // This stream now holds the lease (it may have
+                                // been taken on a stream that dropped).
+                                st->held[id] = token;
+                                ctx->workers->Hold(id, st);
+                              }
                               if (r.ok()) {
                                 *ack->mutable_deadline() = util::ToProto(r->deadline);
                                 ack->set_cancel_requested(r->cancel_requested);
@@ -310,6 +340,13 @@ class WorkerStreamReactor final
 };
 
 }  // namespace
+
+void WorkerRegistry::Shutdown() {
+  for (auto& w : timers_) {
+    if (auto t = w.lock()) t->cancel();
+  }
+  timers_.clear();
+}
 
 void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
   for (const v1::Event& ev : events) {

@@ -2,6 +2,8 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <asio/steady_timer.hpp>
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
@@ -25,10 +27,22 @@ class WorkerRegistry {
     auto it = holders_.find(job_id);
     if (it != holders_.end() && it->second.get() == s) holders_.erase(it);
   }
+  bool IsHeld(uint64_t job_id) const { return holders_.count(job_id) > 0; }
+  // Grace timers of dropped streams. On shutdown they are cancelled: the
+  // leases they would release become READY again at the next start anyway.
+  void AddGraceTimer(const std::shared_ptr<asio::steady_timer>& t) {
+    timers_.erase(std::remove_if(timers_.begin(), timers_.end(),
+                                 [](const auto& w) { return w.expired(); }),
+                  timers_.end());
+    timers_.push_back(t);
+  }
+  void Shutdown();
   size_t held() const { return holders_.size(); }
 
  private:
   std::unordered_map<uint64_t, std::shared_ptr<Session>> holders_;
+  std::vector<std::weak_ptr<asio::steady_timer>> timers_;
+  bool stopping_ = false;
 };
 
 // Workers.Connect: credits in, deliveries out, completions, failures and

@@ -1,7 +1,14 @@
-// errand::Worker over a pluggable transport. Today: UnaryTransport (Lease long
-// poll, Complete, Fail, Extend). A Connect-stream transport implements the
-// same interface; the thread structure above it stays:
-// - one poller thread leases exactly as many jobs as there are free slots;
+// errand::Worker over a pluggable transport:
+// - ConnectTransport (default): one Workers.Connect stream, read by one
+//   reader thread (deliveries, cancel pushes, acks matched by request_id);
+//   writes (hello, credits, complete/fail/extend) under a writer mutex. The
+//   sync API is used on purpose: no gRPC callback thread ever holds the
+//   last reference to a ClientContext or channel.
+// - UnaryTransport: Lease long poll, Complete, Fail, Extend.
+// Above the transport:
+// - deliveries come from the stream reader (Connect, one credit per free
+//   slot) or from one poller thread that leases exactly as many jobs as
+//   there are free slots (unary);
 // - `concurrency` executor threads run the handler, then report the outcome;
 // - one heartbeat thread extends the leases of running jobs (a third of the
 //   remaining lease, at most max_heartbeat_interval) and turns
@@ -17,6 +24,7 @@
 #include <atomic>
 #include <deque>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "errand/v1/workers.grpc.pb.h"
@@ -162,6 +170,268 @@ class UnaryTransport final : public WorkerTransport {
   bool interrupted_ = false;
 };
 
+// One Workers.Connect stream, reopened with backoff when it breaks.
+// Locks: write_mu_ (stream liveness and every write) is taken before the
+// owner's mutex (free_slots / ReleaseSlot's `mutate`), never after; the
+// reader never blocks on write_mu_ while a write could be waiting for it.
+class ConnectTransport final : public WorkerTransport {
+ public:
+  struct Hooks {
+    // Free handler slots; called under the write lock when saying hello.
+    std::function<uint32_t()> free_slots;
+    std::function<void(v1::Lease)> on_delivery;
+    std::function<void(const std::string&)> on_cancel;
+  };
+
+  ConnectTransport(Client& client, const WorkerOptions& options, Hooks hooks)
+      : stub_(v1::Workers::NewStub(client.channel())),
+        rpc_timeout_(client.options().rpc_timeout),
+        options_(options),
+        hooks_(std::move(hooks)) {}
+
+  // The reader loop: returns once Close() was called and the stream ended.
+  void Run() {
+    int failures = 0;
+    for (;;) {
+      auto ctx = std::make_unique<grpc::ClientContext>();
+      std::unique_ptr<grpc::ClientReaderWriter<v1::ConnectRequest, v1::ConnectResponse>> stream;
+      bool up = false;
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        if (closing_) break;
+        ctx_ = ctx.get();  // Close() may cancel it from now on
+      }
+      stream = stub_->Connect(ctx.get());
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        v1::ConnectRequest hello;
+        auto* h = hello.mutable_hello();
+        for (const auto& q : options_.queues) h->add_queues(q);
+        h->set_worker_id(options_.worker_id);
+        if (options_.lease_duration.count() > 0) {
+          *h->mutable_lease_duration() = ToDuration(options_.lease_duration);
+        }
+        h->set_credits(no_credits_ ? 0 : hooks_.free_slots());
+        up = !closing_ && stream->Write(hello);
+        if (up) {
+          stream_ = stream.get();
+          live_ = true;
+          write_cv_.notify_all();
+        }
+      }
+      if (!up) ctx->TryCancel();  // closing, or the stream is already dead
+      auto opened = SteadyClock::now();
+      if (up) {
+        v1::ConnectResponse resp;
+        while (stream->Read(&resp)) {
+          Dispatch(&resp);
+          resp.Clear();
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        live_ = false;
+        stream_ = nullptr;
+      }
+      grpc::Status st = stream->Finish();
+      {
+        std::lock_guard<std::mutex> lock(write_mu_);
+        ctx_ = nullptr;
+      }
+      FailPending(absl::UnavailableError("the Connect stream ended: " +
+                                         (st.ok() ? std::string("OK") : st.error_message())));
+      stream.reset();
+      ctx.reset();
+      if (up && SteadyClock::now() - opened > std::chrono::seconds(1)) failures = 0;
+      ++failures;
+      std::unique_lock<std::mutex> lock(write_mu_);
+      if (closing_) break;
+      write_cv_.wait_for(
+          lock,
+          internal::Backoff(options_.error_backoff, options_.max_error_backoff, 2, failures),
+          [this] { return closing_; });
+      if (closing_) break;
+    }
+    std::lock_guard<std::mutex> lock(write_mu_);
+    finished_ = true;
+    write_cv_.notify_all();
+  }
+
+  // No more credits from now on (Stop).
+  void StopCredits() {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    no_credits_ = true;
+  }
+
+  // Runs `mutate` (which frees a slot in the owner's state) under the write
+  // lock, then grants one credit on the live stream, so that a hello sent
+  // concurrently counts the freed slot exactly once.
+  void ReleaseSlot(const std::function<void()>& mutate) {
+    std::lock_guard<std::mutex> lock(write_mu_);
+    mutate();
+    if (!live_ || no_credits_) return;
+    v1::ConnectRequest req;
+    req.set_credits(1);
+    stream_->Write(req);  // A failure ends the stream; the next hello counts the slot.
+  }
+
+  // Half-closes the stream and waits up to `timeout` for it to end
+  // (cancelling it past that). Run() returns afterwards.
+  void Close(milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(write_mu_);
+    closing_ = true;
+    no_credits_ = true;
+    if (live_) {
+      stream_->WritesDone();
+      live_ = false;  // no more writes on it
+    }
+    write_cv_.notify_all();
+    if (!write_cv_.wait_for(lock, timeout, [this] { return finished_; })) {
+      if (ctx_ != nullptr) ctx_->TryCancel();
+    }
+  }
+
+  absl::StatusOr<std::vector<v1::Lease>> Lease(int, milliseconds) override {
+    return absl::UnimplementedError("Connect pushes deliveries");
+  }
+  void Interrupt() override {}
+
+  absl::Status Complete(const v1::Lease& lease, const std::string& result) override {
+    v1::ConnectRequest req;
+    auto* c = req.mutable_complete();
+    c->set_job_id(lease.job().id());
+    c->set_lease_token(lease.lease_token());
+    c->set_result(result);
+    return Request(std::move(req)).status();
+  }
+
+  absl::Status Fail(const v1::Lease& lease, const std::string& error,
+                    bool non_retryable) override {
+    v1::ConnectRequest req;
+    auto* f = req.mutable_fail();
+    f->set_job_id(lease.job().id());
+    f->set_lease_token(lease.lease_token());
+    f->set_error(error);
+    f->set_non_retryable(non_retryable);
+    return Request(std::move(req)).status();
+  }
+
+  absl::StatusOr<v1::ExtendResponse> Extend(const v1::Lease& lease,
+                                            const v1::Progress* progress) override {
+    v1::ConnectRequest req;
+    auto* e = req.mutable_extend();
+    e->set_job_id(lease.job().id());
+    e->set_lease_token(lease.lease_token());
+    if (options_.lease_duration.count() > 0) {
+      *e->mutable_extend_by() = ToDuration(options_.lease_duration);
+    }
+    if (progress != nullptr) *e->mutable_progress() = *progress;
+    absl::StatusOr<v1::ConnectAck> ack = Request(std::move(req));
+    if (!ack.ok()) return ack.status();
+    v1::ExtendResponse resp;
+    *resp.mutable_deadline() = ack->deadline();
+    resp.set_cancel_requested(ack->cancel_requested());
+    return resp;
+  }
+
+ private:
+  struct Pending {
+    bool done = false;
+    absl::Status status;
+    v1::ConnectAck ack;
+  };
+
+  // Sends `req` on the live stream (waiting up to rpc_timeout for one) and
+  // waits up to rpc_timeout for its ack. An ack with an error code becomes
+  // that status; a broken stream UNAVAILABLE.
+  absl::StatusOr<v1::ConnectAck> Request(v1::ConnectRequest req) {
+    auto p = std::make_shared<Pending>();
+    uint64_t id;
+    {
+      std::unique_lock<std::mutex> lock(write_mu_);
+      write_cv_.wait_for(lock, rpc_timeout_, [this] { return live_ || closing_; });
+      if (!live_) {
+        return absl::UnavailableError(closing_ ? "worker stopping" : "no Connect stream");
+      }
+      id = ++next_request_id_;
+      req.set_request_id(id);
+      {
+        std::lock_guard<std::mutex> plock(pend_mu_);
+        pending_[id] = p;
+      }
+      if (!stream_->Write(req)) {
+        std::lock_guard<std::mutex> plock(pend_mu_);
+        pending_.erase(id);
+        return absl::UnavailableError("the Connect stream broke");
+      }
+    }
+    std::unique_lock<std::mutex> plock(pend_mu_);
+    if (!pend_cv_.wait_for(plock, rpc_timeout_, [&] { return p->done; })) {
+      pending_.erase(id);
+      return absl::DeadlineExceededError("no answer on the Connect stream");
+    }
+    if (!p->status.ok()) return p->status;
+    return std::move(p->ack);
+  }
+
+  void Dispatch(v1::ConnectResponse* resp) {
+    switch (resp->kind_case()) {
+      case v1::ConnectResponse::kDelivery:
+        hooks_.on_delivery(std::move(*resp->mutable_delivery()));
+        return;
+      case v1::ConnectResponse::kCancelJobId:
+        hooks_.on_cancel(resp->cancel_job_id());
+        return;
+      case v1::ConnectResponse::kAck: {
+        std::lock_guard<std::mutex> plock(pend_mu_);
+        auto it = pending_.find(resp->ack().request_id());
+        if (it == pending_.end()) return;  // timed out
+        auto p = it->second;
+        pending_.erase(it);
+        if (resp->ack().error_code() != 0) {
+          p->status = absl::Status(static_cast<absl::StatusCode>(resp->ack().error_code()),
+                                   resp->ack().error_message());
+        }
+        p->ack = std::move(*resp->mutable_ack());
+        p->done = true;
+        pend_cv_.notify_all();
+        return;
+      }
+      case v1::ConnectResponse::KIND_NOT_SET:
+        return;
+    }
+  }
+
+  void FailPending(const absl::Status& s) {
+    std::lock_guard<std::mutex> plock(pend_mu_);
+    for (auto& [id, p] : pending_) {
+      p->status = s;
+      p->done = true;
+    }
+    pending_.clear();
+    pend_cv_.notify_all();
+  }
+
+  std::unique_ptr<v1::Workers::Stub> stub_;
+  const milliseconds rpc_timeout_;
+  const WorkerOptions options_;
+  const Hooks hooks_;
+
+  std::mutex write_mu_;
+  std::condition_variable write_cv_;
+  grpc::ClientReaderWriter<v1::ConnectRequest, v1::ConnectResponse>* stream_ = nullptr;
+  grpc::ClientContext* ctx_ = nullptr;  // of the current stream, until Finish returned
+  bool live_ = false;                   // stream_ takes writes
+  bool closing_ = false;
+  bool finished_ = false;
+  bool no_credits_ = false;
+  uint64_t next_request_id_ = 0;
+
+  std::mutex pend_mu_;
+  std::condition_variable pend_cv_;
+  std::map<uint64_t, std::shared_ptr<Pending>> pending_;
+};
+
 class Context final : public JobContext {
  public:
   explicit Context(uint64_t token, const std::atomic<bool>* stopping)
@@ -221,12 +491,31 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   Impl(Client& client, WorkerOptions options, JobHandler handler)
       : options_(std::move(options)),
         retry_(client.options().retry),
-        handler_(std::move(handler)),
-        transport_(std::make_unique<UnaryTransport>(client, options_)) {}
+        rpc_timeout_(client.options().rpc_timeout),
+        handler_(std::move(handler)) {
+    if (options_.transport == WorkerOptions::Transport::kUnary) {
+      transport_ = std::make_unique<UnaryTransport>(client, options_);
+    } else {
+      ConnectTransport::Hooks hooks;
+      hooks.free_slots = [this] {
+        std::lock_guard<std::mutex> lock(mu_);
+        return static_cast<uint32_t>(std::max(0, options_.concurrency - held_));
+      };
+      hooks.on_delivery = [this](v1::Lease lease) { OnDelivery(std::move(lease)); };
+      hooks.on_cancel = [this](const std::string& job_id) { OnCancel(job_id); };
+      auto t = std::make_unique<ConnectTransport>(client, options_, std::move(hooks));
+      connect_ = t.get();
+      transport_ = std::move(t);
+    }
+  }
 
   void Start() {
     auto self = shared_from_this();
-    poller_ = std::thread([self] { self->PollLoop(); });
+    if (connect_ != nullptr) {
+      poller_ = std::thread([self] { self->connect_->Run(); });
+    } else {
+      poller_ = std::thread([self] { self->PollLoop(); });
+    }
     heartbeat_ = std::thread([self] { self->HeartbeatLoop(); });
     for (int i = 0; i < options_.concurrency; ++i) {
       executors_.emplace_back([self] { self->ExecLoop(); });
@@ -253,6 +542,9 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   };
 
   void PollLoop();
+  // Connect: the stream reader's hooks.
+  void OnDelivery(v1::Lease lease);
+  void OnCancel(const std::string& job_id);
   void ExecLoop();
   void HeartbeatLoop();
   // Complete or Fail, retried on UNAVAILABLE.
@@ -263,8 +555,10 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   }
 
   const RetryPolicy retry_;
+  const milliseconds rpc_timeout_;
   const JobHandler handler_;
   std::unique_ptr<WorkerTransport> transport_;
+  ConnectTransport* connect_ = nullptr;  // transport_, when it is a stream
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
@@ -273,6 +567,9 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   int held_ = 0;  // leases held: queued or running
   std::deque<v1::Lease> queue_;
   std::map<std::string, std::shared_ptr<Running>> running_;
+  // Connect: cancel requests for queued jobs; deliveries after Stop().
+  std::set<std::string> cancel_queued_;
+  std::vector<v1::Lease> late_;
   WorkerStats stats_;
   std::thread poller_;
   std::thread heartbeat_;
@@ -310,6 +607,31 @@ void Worker::Impl::PollLoop() {
   }
 }
 
+void Worker::Impl::OnDelivery(v1::Lease lease) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) {
+    // Granted before Stop(): Stop fails it back.
+    late_.push_back(std::move(lease));
+    return;
+  }
+  ++held_;
+  ++stats_.leased;
+  queue_.push_back(std::move(lease));
+  cv_.notify_all();
+}
+
+void Worker::Impl::OnCancel(const std::string& job_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = running_.find(job_id);
+  if (it != running_.end()) {
+    it->second->ctx->Cancel();
+    return;
+  }
+  for (const auto& l : queue_) {
+    if (l.job().id() == job_id) cancel_queued_.insert(job_id);
+  }
+}
+
 absl::Status Worker::Impl::Report(const std::function<absl::Status()>& call) {
   for (int attempt = 1;; ++attempt) {
     absl::Status s = call();
@@ -331,6 +653,7 @@ void Worker::Impl::ExecLoop() {
       run->lease = std::move(queue_.front());
       queue_.pop_front();
       run->ctx = std::make_shared<Context>(run->lease.lease_token(), &stopping_);
+      if (cancel_queued_.erase(run->lease.job().id()) > 0) run->ctx->Cancel();
       run->last_extend = SteadyClock::now();
       run->next_extend = NextExtend(run->lease.deadline(), options_.max_heartbeat_interval);
       running_[run->lease.job().id()] = run;
@@ -361,14 +684,21 @@ void Worker::Impl::ExecLoop() {
         s = Report([&] { return transport_->Fail(run->lease, error, non_retryable); });
       }
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!abandoned) {
-      if (result.ok() && s.ok()) ++stats_.completed;
-      if (!result.ok() && s.ok()) ++stats_.failed;
-      if (LostLease(s)) ++stats_.lost_leases;
+    auto release = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!abandoned) {
+        if (result.ok() && s.ok()) ++stats_.completed;
+        if (!result.ok() && s.ok()) ++stats_.failed;
+        if (LostLease(s)) ++stats_.lost_leases;  // the broker redelivers it: ignore
+      }
+      --held_;
+      cv_.notify_all();
+    };
+    if (connect_ != nullptr) {
+      connect_->ReleaseSlot(release);  // grants the freed slot as a credit
+    } else {
+      release();
     }
-    --held_;
-    cv_.notify_all();
   }
 }
 
@@ -413,8 +743,12 @@ void Worker::Impl::Stop() {
     stopping_ = true;
     cv_.notify_all();
   }
-  transport_->Interrupt();
-  if (poller_.joinable()) poller_.join();
+  if (connect_ != nullptr) {
+    connect_->StopCredits();  // the reader runs on: acks and cancels still come
+  } else {
+    transport_->Interrupt();
+    if (poller_.joinable()) poller_.join();
+  }
   std::vector<std::shared_ptr<Running>> abandoned;
   {
     std::unique_lock<std::mutex> lock(mu_);
@@ -434,6 +768,17 @@ void Worker::Impl::Stop() {
     }).IgnoreError();  // A lost lease is the broker's to redeliver.
   }
   bool all_done;
+  auto fail_late = [this] {
+    std::vector<v1::Lease> late;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      late.swap(late_);
+    }
+    for (const auto& lease : late) {
+      Report([&] { return transport_->Fail(lease, "worker stopping: not started", false); })
+          .IgnoreError();
+    }
+  };
   {
     std::unique_lock<std::mutex> lock(mu_);
     all_done = cv_.wait_for(lock, options_.stop_timeout, [this] { return held_ == 0; });
@@ -441,6 +786,13 @@ void Worker::Impl::Stop() {
     cv_.notify_all();
   }
   if (heartbeat_.joinable()) heartbeat_.join();
+  if (connect_ != nullptr) {
+    fail_late();
+    // Half-close; the broker ends the stream (releasing, after its grace,
+    // whatever it delivered after fail_late).
+    connect_->Close(rpc_timeout_);
+    if (poller_.joinable()) poller_.join();
+  }
   for (auto& t : executors_) {
     if (all_done) {
       t.join();

@@ -1,9 +1,12 @@
 // errand::Worker against the real broker.
 
+#include <signal.h>
+
 #include <atomic>
 #include <map>
 #include <thread>
 
+#include "e2e/client_support.h"
 #include "e2e/e2e_support.h"
 #include "errand/client.h"
 #include "errand/worker.h"
@@ -197,6 +200,157 @@ TEST_F(ClientWorkerTest, CancelRequestReachesTheHandler) {
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_TRUE(saw_cancel);
   EXPECT_EQ(done->state(), v1::JOB_STATE_CANCELLED);
+}
+
+
+// Connect workers: the broker releases a vanished worker's jobs after
+// --worker-grace, not after the lease.
+class ClientWorkerGraceTest : public ClientWorkerTest {
+ protected:
+  std::vector<std::string> BrokerFlags() const override { return {"--worker-grace=1s"}; }
+};
+
+TEST_F(ClientWorkerGraceTest, KilledConnectWorkerJobIsRedeliveredWithinTheGrace) {
+  auto job = NewJob("grace", "p");
+  *job.mutable_lease_duration() = Dur(60s);
+  auto id = lib_->Enqueue(job);
+  ASSERT_TRUE(id.ok()) << id.status();
+  // errand-worker uses the library (Connect by default).
+  BackgroundProgram w({ERRAND_WORKER_PATH, "--addr", broker_->address(), "--queue", "grace",
+                       "--worker-id", "doomed", "--", "/bin/sleep", "30"});
+  auto start = Clock::now();
+  v1::Job mid;
+  while (Since(start) < 15s) {
+    mid = client().MustGetJob(*id);
+    if (mid.state() == v1::JOB_STATE_LEASED) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(mid.state(), v1::JOB_STATE_LEASED) << w.Log();
+  w.Signal(SIGKILL);
+  ASSERT_EQ(w.Wait(5s), -SIGKILL);
+  auto t0 = Clock::now();
+  std::vector<v1::Lease> got;
+  while (got.empty() && Since(t0) < 20s) got = client().MustLease(LeaseReq({"grace"}, 1, 1s));
+  auto took = Since(t0);
+  ASSERT_EQ(got.size(), 1u) << "the job was not redelivered within 20s";
+  EXPECT_LT(took, 5s) << "redelivered after the lease, not the worker grace";
+  EXPECT_EQ(got[0].job().id(), *id);
+  EXPECT_EQ(got[0].job().attempts(), 2u);
+  ASSERT_GE(got[0].job().history_size(), 1);
+  EXPECT_EQ(got[0].job().history(0).outcome(), v1::ATTEMPT_OUTCOME_WORKER_LOST);
+  EXPECT_EQ(got[0].job().history(0).worker_id(), "doomed");
+}
+
+// A network drop mid-job: the Worker reopens its stream, completes the job
+// it still holds (its token is valid: the grace has not passed) and takes
+// new jobs on the new stream.
+TEST_F(ClientWorkerTest, ConnectWorkerReconnectsAfterANetworkDropAndKeepsItsJob) {
+  TcpProxy proxy;
+  proxy.SetTarget(broker_->port());
+  ClientOptions co;
+  co.address = proxy.address();
+  auto via_proxy = errand::Client::Connect(co);
+  ASSERT_TRUE(via_proxy.ok()) << via_proxy.status();
+  auto first = lib_->Enqueue(NewJob("drop", "first"));
+  ASSERT_TRUE(first.ok());
+  std::atomic<bool> started{false}, release{false};
+  WorkerOptions o;
+  o.queues = {"drop"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**via_proxy, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    if (job.payload() == "first") {
+      started = true;
+      auto t0 = Clock::now();
+      while (!release && Since(t0) < 20s) std::this_thread::sleep_for(5ms);
+    }
+    return job.payload() + " done";
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto start = Clock::now();
+  while (!started && Since(start) < 10s) std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(started);
+  proxy.DropAll();
+  std::this_thread::sleep_for(1500ms);  // the worker reconnects meanwhile
+  release = true;
+  auto done = lib_->Wait(*first, 20s);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done->attempts(), 1u) << "the held job was not completed over the new stream";
+  EXPECT_EQ(done->result(), "first done");
+  auto second = lib_->Enqueue(NewJob("drop", "second"));
+  ASSERT_TRUE(second.ok());
+  auto done2 = lib_->Wait(*second, 20s);
+  ASSERT_TRUE(done2.ok()) << done2.status();
+  EXPECT_EQ(done2->state(), v1::JOB_STATE_SUCCEEDED) << "no credit on the new stream";
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 2u);
+  EXPECT_EQ((*worker)->stats().lost_leases, 0u);
+}
+
+// After the grace a held job's token is stale: the late Complete is answered
+// FAILED_PRECONDITION (counted, not fatal) and the job runs again.
+TEST_F(ClientWorkerGraceTest, StaleTokenAfterReconnectIsALostLease) {
+  TcpProxy proxy;
+  proxy.SetTarget(broker_->port());
+  ClientOptions co;
+  co.address = proxy.address();
+  auto via_proxy = errand::Client::Connect(co);
+  ASSERT_TRUE(via_proxy.ok()) << via_proxy.status();
+  auto id = lib_->Enqueue(NewJob("stale", "x"));
+  ASSERT_TRUE(id.ok());
+  std::atomic<int> calls{0};
+  std::atomic<bool> release{false};
+  WorkerOptions o;
+  o.queues = {"stale"};
+  auto worker = Worker::Start(**via_proxy, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    if (++calls == 1) {
+      auto t0 = Clock::now();
+      while (!release && Since(t0) < 20s) std::this_thread::sleep_for(5ms);
+    }
+    return std::string("ok");
+  });
+  ASSERT_TRUE(worker.ok());
+  auto start = Clock::now();
+  while (calls == 0 && Since(start) < 10s) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(calls.load(), 1);
+  proxy.DropAll();
+  // The broker releases the job after 1s; nobody else serves the queue.
+  start = Clock::now();
+  while (Since(start) < 10s && client().MustGetJob(*id).state() != v1::JOB_STATE_READY) {
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(client().MustGetJob(*id).state(), v1::JOB_STATE_READY);
+  release = true;
+  auto done = lib_->Wait(*id, 20s);
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(done->attempts(), 2u);
+  ASSERT_GE(done->history_size(), 1);
+  EXPECT_EQ(done->history(0).outcome(), v1::ATTEMPT_OUTCOME_WORKER_LOST);
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().lost_leases, 1u);
+  EXPECT_EQ((*worker)->stats().completed, 1u);
+  EXPECT_EQ(calls.load(), 2);
+}
+
+// The unary transport stays available.
+TEST_F(ClientWorkerTest, UnaryTransportStillWorks) {
+  std::vector<v1::EnqueueRequest> jobs;
+  for (int i = 0; i < 50; ++i) jobs.push_back(NewJob("unary", std::to_string(i)));
+  auto ids = lib_->EnqueueBatch(jobs);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  WorkerOptions o;
+  o.queues = {"unary"};
+  o.concurrency = 2;
+  o.poll_wait = 200ms;
+  o.transport = WorkerOptions::Transport::kUnary;
+  auto worker = Worker::Start(*lib_, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    return job.payload();
+  });
+  ASSERT_TRUE(worker.ok());
+  EXPECT_TRUE(WaitStats("unary", [](const v1::QueueStats& s) { return s.succeeded() == 50; }));
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 50u);
 }
 
 }  // namespace

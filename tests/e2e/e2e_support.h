@@ -463,6 +463,20 @@ inline grpc::Status WaitJob(Client& c, const std::string& id, std::chrono::milli
   return c.jobs->WaitJob(&ctx, req, resp);
 }
 
+// A channel whose streams take little unread data (no BDP window growth, a
+// 64 KiB stream window), so a subscriber that stops reading soon stalls the
+// broker's writes to it, as a slow client on a real network does. (On
+// loopback a default channel's window grows to megabytes.)
+inline std::shared_ptr<grpc::Channel> SmallWindowChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  args.SetInt("grpc.use_local_subchannel_pool", 1);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 * 1024);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
 // Resident set size of a process in KiB (VmRSS in /proc/PID/status); 0 if
 // unreadable.
 inline uint64_t VmRssKb(pid_t pid) {

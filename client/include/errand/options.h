@@ -72,7 +72,23 @@ struct WorkerOptions {
   std::string worker_id;
   // Lease length asked for each job; zero takes each job's own. Default: 0.
   std::chrono::milliseconds lease_duration{0};
-  // How long one lease poll waits for jobs before asking again. Default: 5s.
+  // How the worker talks to the broker.
+  enum class Transport {
+    // One Workers.Connect stream per Worker: the broker pushes jobs while
+    // the worker has free handler slots (credits) and pushes cancel
+    // requests; Complete/Fail/Extend ride the same stream. When the worker
+    // vanishes, the broker releases its jobs after its --worker-grace
+    // instead of the full lease. The stream is reopened (with
+    // error_backoff) when it breaks.
+    kConnect,
+    // The unary Workers.Lease long poll (poll_wait) and unary
+    // Complete/Fail/Extend, for brokers or proxies without bidi streams.
+    kUnary,
+  };
+  // Default: kConnect.
+  Transport transport = Transport::kConnect;
+  // kUnary: how long one lease poll waits for jobs before asking again.
+  // Default: 5s.
   std::chrono::milliseconds poll_wait{5000};
   // The lease of a running job is extended when a third of its remaining
   // time has passed, and at least this often (which is also how soon a
@@ -82,8 +98,8 @@ struct WorkerOptions {
   // are failed back to the broker (and JobContext::cancelled() turns true).
   // Default: 10s.
   std::chrono::milliseconds stop_timeout{10000};
-  // Backoff between lease polls after an error (broker down). Default:
-  // 100ms growing to 2s.
+  // Backoff between lease polls (kUnary) or stream reconnections (kConnect)
+  // after an error (broker down). Default: 100ms growing to 2s.
   std::chrono::milliseconds error_backoff{100};
   std::chrono::milliseconds max_error_backoff{2000};
 };

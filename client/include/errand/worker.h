@@ -16,8 +16,12 @@
 // Ownership: Start returns the owner; it borrows the Client, which must
 // outlive the Worker. Destroying a running Worker calls Stop().
 //
-// Transport: today the unary Workers.Lease long poll + Complete/Fail +
-// Extend; the Connect stream can replace it without changing this header.
+// Transport (WorkerOptions::transport): by default one Workers.Connect
+// stream per Worker, granting one credit per free handler slot; the
+// broker pushes deliveries and cancel requests, and Complete/Fail/Extend ride
+// the same stream. A broken stream is reopened with backoff; jobs held from
+// the old stream are still reported (with their tokens) on the new one. The
+// unary Lease long poll + Complete/Fail/Extend remains as kUnary.
 
 #include <cstdint>
 #include <functional>
