@@ -64,8 +64,10 @@ struct Sink {
 class EventHub {
  public:
   struct Options {
-    // Events buffered per subscriber. Default: 256.
-    size_t buffer = 256;
+    // Events buffered per subscriber; a subscriber further behind is caught
+    // up from disk. Bounds memory: 1,000 subscribers that never read hold
+    // at most 64,000 events. Default: 64.
+    size_t buffer = 64;
     // Most subscribers at once. Default: 10,000.
     size_t max_subscribers = 10000;
     // Events scanned per disk read. Default: 4096.

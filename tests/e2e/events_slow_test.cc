@@ -198,4 +198,67 @@ TEST_F(EventsE2ESlow, FiftyStalledSubscribersKeepBrokerMemoryBounded) {
 }
 
 }  // namespace
+// The scale: 1,000 subscribers of which 950 never read. Each
+// subscriber's buffer in the broker is bounded, so memory stays bounded and
+// the readers keep up.
+TEST_F(EventsE2ESlow, ThousandSubscribersOfWhichMostNeverReadStayBounded) {
+  constexpr int kSubscribers = 1000;
+  constexpr int kReaders = 50;
+  constexpr int kPerChannel = 50;
+  constexpr int kMessages = 3000;
+  const std::string topic = "fanout";
+  const std::string payload(256, 'f');
+
+  for (int i = 0; i < 200; ++i) MustPublish(client(), "warmup", payload, v1::DURABILITY_ASYNC);
+  const uint64_t head0 = HeadSeq(client());
+  const uint64_t rss0 = VmRssKb(broker_->pid());
+  ASSERT_GT(rss0, 0u);
+
+  std::vector<std::unique_ptr<Client>> channels;
+  std::vector<std::unique_ptr<EventStream>> subs;
+  for (int i = 0; i < kSubscribers; ++i) {
+    if (i % kPerChannel == 0) {
+      channels.push_back(std::make_unique<Client>(SmallWindowChannel(broker_->address())));
+    }
+    subs.push_back(std::make_unique<EventStream>(channels.back()->events.get(),
+                                                 SubscribeReq({}, {topic}, head0),
+                                                 /*read_now=*/i < kReaders));
+  }
+  std::this_thread::sleep_for(500ms);
+
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> pubs;
+  for (int t = 0; t < 4; ++t) {
+    pubs.emplace_back([&] {
+      auto pc = NewClient();
+      for (int i = 0; i < kMessages / 4 && !failed; ++i) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(testing::In(10s));
+        v1::PublishRequest req;
+        req.set_topic(topic);
+        req.set_payload(payload);
+        req.set_durability(v1::DURABILITY_ASYNC);
+        v1::PublishResponse resp;
+        if (!pc->events->Publish(&ctx, req, &resp).ok()) failed = true;
+      }
+    });
+  }
+  for (auto& th : pubs) th.join();
+  ASSERT_FALSE(failed);
+  // Every reading subscriber gets every message, in order.
+  for (int i = 0; i < kReaders; ++i) {
+    SCOPED_TRACE("reader " + std::to_string(i));
+    std::vector<v1::Event> got = subs[i]->Take(kMessages, 60s);
+    ASSERT_EQ(got.size(), static_cast<size_t>(kMessages));
+    for (size_t k = 0; k < got.size(); ++k) ASSERT_EQ(got[k].seq(), head0 + 1 + k);
+  }
+  const uint64_t rss1 = VmRssKb(broker_->pid());
+  const int64_t growth_mb = (static_cast<int64_t>(rss1) - static_cast<int64_t>(rss0)) / 1024;
+  std::cout << "[ broker RSS ] " << kSubscribers << " subscribers (" << kSubscribers - kReaders
+            << " never read), " << kMessages << " x 256 B messages: " << rss0 / 1024 << " MB -> "
+            << rss1 / 1024 << " MB\n";
+  EXPECT_LT(growth_mb, 250) << "broker memory grows with subscribers that never read";
+  subs.clear();
+}
+
 }  // namespace errand::e2e
