@@ -11,6 +11,15 @@
 namespace errand::e2e {
 namespace {
 
+// Sanitizer builds (ASan's quarantine, TSan's shadow memory) inflate RSS far
+// beyond what the broker holds, so memory bounds are asserted only in plain
+// builds; the functional checks run everywhere.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kRssIsMeaningful = false;
+#else
+constexpr bool kRssIsMeaningful = true;
+#endif
+
 class EventsE2ESlow : public BrokerTest {};
 
 using SysClock = std::chrono::system_clock;
@@ -183,7 +192,10 @@ TEST_F(EventsE2ESlow, FiftyStalledSubscribersKeepBrokerMemoryBounded) {
   std::cout << "[ broker RSS ] before " << rss0 / 1024 << " MB, with " << kStalled
             << " stalled subscribers after " << kMessages << " x 4 KiB messages " << rss1 / 1024
             << " MB (growth " << growth_mb << " MB)\n";
-  EXPECT_LT(growth_mb, 200) << "broker memory grows with stalled subscribers";
+  // Sanitizer builds keep freed memory in quarantine: RSS says nothing there.
+  if (kRssIsMeaningful) {
+    EXPECT_LT(growth_mb, 200) << "broker memory grows with stalled subscribers";
+  }
 
   // A few of the stalled ones now read everything, in order, with no gap.
   for (int i = 0; i < 3; ++i) {
@@ -257,7 +269,9 @@ TEST_F(EventsE2ESlow, ThousandSubscribersOfWhichMostNeverReadStayBounded) {
   std::cout << "[ broker RSS ] " << kSubscribers << " subscribers (" << kSubscribers - kReaders
             << " never read), " << kMessages << " x 256 B messages: " << rss0 / 1024 << " MB -> "
             << rss1 / 1024 << " MB\n";
-  EXPECT_LT(growth_mb, 250) << "broker memory grows with subscribers that never read";
+  if (kRssIsMeaningful) {
+    EXPECT_LT(growth_mb, 250) << "broker memory grows with subscribers that never read";
+  }
   subs.clear();
 }
 
