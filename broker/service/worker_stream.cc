@@ -152,6 +152,20 @@ class WorkerStreamReactor final
     });
   }
 
+  // The answer to a Complete or Fail on the stream: once it committed, the
+  // stream no longer holds the job.
+  static dispatch::Engine::JobDone LeaseEnded(const ServiceContext* ctx,
+                                              const std::shared_ptr<Session>& st, uint64_t rid,
+                                              uint64_t id) {
+    return [ctx, st, rid, id](absl::StatusOr<v1::Job> r) {
+      if (r.ok()) {
+        st->held.erase(id);
+        ctx->workers->Drop(id, st.get());
+      }
+      Ack(st, rid, r.status());
+    };
+  }
+
   static void MaybeLease(const ServiceContext* ctx, const std::shared_ptr<Session>& st) {
     if (st->finished || st->closed || !st->hello || st->leasing || st->credits == 0 ||
         ctx->stopping) {
@@ -191,6 +205,11 @@ class WorkerStreamReactor final
   static void Handle(const ServiceContext* ctx, const std::shared_ptr<Session>& st,
                      v1::ConnectRequest req) {
     const uint64_t rid = req.request_id();
+    if (!st->hello && req.kind_case() != v1::ConnectRequest::kHello) {
+      Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                  "the first message on Connect must be hello"));
+      return;
+    }
     switch (req.kind_case()) {
       case v1::ConnectRequest::kHello: {
         if (st->hello) {
@@ -220,29 +239,8 @@ class WorkerStreamReactor final
         return;
       }
       case v1::ConnectRequest::kCredits:
-        if (!st->hello) {
-          Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                      "the first message on Connect must be hello"));
-          return;
-        }
         st->credits = std::min<uint64_t>(kMaxCredits, uint64_t{st->credits} + req.credits());
         MaybeLease(ctx, st);
-        return;
-      case v1::ConnectRequest::kComplete:
-      case v1::ConnectRequest::kFail:
-      case v1::ConnectRequest::kExtend:
-        if (!st->hello) {
-          Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                                      "the first message on Connect must be hello"));
-          return;
-        }
-        break;
-      default:
-        break;
-    }
-    switch (req.kind_case()) {
-      case v1::ConnectRequest::kHello:
-      case v1::ConnectRequest::kCredits:
         return;
       case v1::ConnectRequest::kComplete: {
         absl::Status s = ValidateComplete(req.complete(), ctx->limits);
@@ -253,13 +251,7 @@ class WorkerStreamReactor final
         uint64_t id = *store::ParseJobId(req.complete().job_id());
         uint64_t token = req.complete().lease_token();
         ctx->engine->Complete(id, token, std::move(*req.mutable_complete()->mutable_result()),
-                              [ctx, st, rid, id](absl::StatusOr<v1::Job> r) {
-                                if (r.ok()) {
-                                  st->held.erase(id);
-                                  ctx->workers->Drop(id, st.get());
-                                }
-                                Ack(st, rid, r.status());
-                              });
+                              LeaseEnded(ctx, st, rid, id));
         return;
       }
       case v1::ConnectRequest::kFail: {
@@ -274,13 +266,7 @@ class WorkerStreamReactor final
         spec.retry_after = util::DurationFromProto(req.fail().retry_after());
         spec.non_retryable = req.fail().non_retryable();
         ctx->engine->Fail(id, req.fail().lease_token(), std::move(spec),
-                          [ctx, st, rid, id](absl::StatusOr<v1::Job> r) {
-                            if (r.ok()) {
-                              st->held.erase(id);
-                              ctx->workers->Drop(id, st.get());
-                            }
-                            Ack(st, rid, r.status());
-                          });
+                          LeaseEnded(ctx, st, rid, id));
         return;
       }
       case v1::ConnectRequest::kExtend: {
