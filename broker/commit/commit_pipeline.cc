@@ -2,10 +2,11 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
-
 #include <utility>
 
 #include "store/keys.h"
@@ -65,6 +66,7 @@ void CommitPipeline::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) return;
   started_ = true;
+  syncer_ = std::thread([this] { RunSyncer(); });
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -89,15 +91,62 @@ void CommitPipeline::Stop() {
     stopping_ = true;
     if (!started_) {
       started_ = true;
+      syncer_ = std::thread([this] { RunSyncer(); });
       thread_ = std::thread([this] { Run(); });
     }
   }
   if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock lock(&sync_mu_);
+    sync_stop_ = true;
+  }
+  if (syncer_.joinable()) syncer_.join();
 }
 
 bool CommitPipeline::Idle() const {
-  absl::MutexLock lock(&mu_);
-  return queue_.empty() && !committing_;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!queue_.empty() || committing_) return false;
+  }
+  absl::MutexLock lock(&sync_mu_);
+  return to_sync_.empty() && !syncing_;
+}
+
+void CommitPipeline::RunSyncer() {
+  std::vector<Pending> batch;
+  for (;;) {
+    {
+      absl::MutexLock lock(&sync_mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
+        return !to_sync_.empty() || sync_stop_;
+      };
+      sync_mu_.Await(absl::Condition(&has_work));
+      if (to_sync_.empty()) return;  // stopping, and nothing left to sync
+      batch.swap(to_sync_);
+      syncing_ = true;
+    }
+    // Everything in `batch` was written before it was handed over, so this
+    // one fsync covers all of it.
+    if (absl::Status s = store_->SyncWAL(); !s.ok()) {
+      spdlog::critical("fsync of the write-ahead log failed ({}); exiting, recovery on restart "
+                       "replays what reached the disk",
+                       s.ToString());
+      std::abort();
+    }
+    fsyncs_++;
+    post_([batch = std::move(batch)]() mutable {
+      for (Pending& p : batch) {
+        CommitResult cr;
+        cr.synced = true;
+        cr.commit_seq = p.commit_seq;
+        cr.events = std::move(p.events);
+        p.done(std::move(cr));
+      }
+    });
+    batch = {};
+    absl::MutexLock lock(&sync_mu_);
+    syncing_ = false;
+  }
 }
 
 CommitPipeline::Stats CommitPipeline::stats() const {
@@ -130,7 +179,7 @@ void CommitPipeline::Run() {
       committing_ = !group.empty();
     }
     if (!group.empty()) {
-      CommitGroup(group);  // posts the results before returning
+      CommitGroup(group);  // posts the results or hands them to the syncer
       group.clear();
       absl::MutexLock lock(&mu_);
       committing_ = false;
@@ -149,11 +198,9 @@ void CommitPipeline::Run() {
 
 void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   rocksdb::WriteBatch batch;
-  bool sync = false;
   const uint64_t first_seq = event_seq_;
   uint64_t seq = first_seq;
   for (Item& item : group) {
-    sync = sync || item.mutation.sync;
     for (const WriteOp& op : item.mutation.ops) {
       rocksdb::ColumnFamilyHandle* cf = op.cf == Cf::kJobs     ? store_->jobs_cf()
                                         : op.cf == Cf::kEvents ? store_->events_cf()
@@ -169,48 +216,54 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
       batch.Put(store_->events_cf(), store::EncodeBE64(seq), e.SerializeAsString());
     }
   }
-  absl::Status status = store_->Write(&batch, sync);
-  bool synced = false;
-  uint64_t commit_seq = 0;
-  if (status.ok()) {
-    if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
-    event_seq_ = seq;
-    committed_event_seq_.store(seq);
-    groups_++;
-    writes_ += group.size();
-    if (sync) {
-      fsyncs_++;
-      unsynced_ = false;
-    } else if (!unsynced_) {
-      unsynced_ = true;
-      first_unsynced_ = std::chrono::steady_clock::now();
-    }
-    synced = sync;
-    commit_seq = store_->LatestSequence();
-  } else {
+  absl::Status status = store_->Write(&batch, /*sync=*/false);
+  if (!status.ok()) {
     failed_ += group.size();
+    std::vector<Done> dones;
+    dones.reserve(group.size());
+    for (Item& item : group) dones.push_back(std::move(item.done));
+    post_([dones = std::move(dones), status]() mutable {
+      for (Done& d : dones) {
+        CommitResult cr;
+        cr.status = status;
+        d(std::move(cr));
+      }
+    });
+    return;
   }
-  struct Result {
-    Done done;
-    std::vector<v1::Event> events;
-  };
-  std::vector<Result> results;
-  results.reserve(group.size());
+  if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
+  event_seq_ = seq;
+  committed_event_seq_.store(seq);
+  groups_++;
+  writes_ += group.size();
+  const uint64_t commit_seq = store_->LatestSequence();
+  std::vector<Pending> now, later;
   for (Item& item : group) {
-    Result r{std::move(item.done), {}};
-    if (status.ok()) r.events = std::move(item.mutation.events);
-    results.push_back(std::move(r));
+    Pending p{std::move(item.done), std::move(item.mutation.events), commit_seq};
+    (item.mutation.sync ? later : now).push_back(std::move(p));
   }
-  post_([results = std::move(results), status, synced, commit_seq]() mutable {
-    for (Result& r : results) {
-      CommitResult cr;
-      cr.status = status;
-      cr.synced = synced;
-      cr.commit_seq = commit_seq;
-      cr.events = std::move(r.events);
-      r.done(std::move(cr));
+  if (!now.empty() && !unsynced_) {
+    unsynced_ = true;
+    first_unsynced_ = std::chrono::steady_clock::now();
+  }
+  if (!later.empty()) {
+    absl::MutexLock lock(&sync_mu_);
+    if (to_sync_.empty()) {
+      to_sync_.swap(later);
+    } else {
+      for (Pending& p : later) to_sync_.push_back(std::move(p));
     }
-  });
+  }
+  if (!now.empty()) {
+    post_([now = std::move(now)]() mutable {
+      for (Pending& p : now) {
+        CommitResult cr;
+        cr.commit_seq = p.commit_seq;
+        cr.events = std::move(p.events);
+        p.done(std::move(cr));
+      }
+    });
+  }
 }
 
 }  // namespace errand::commit

@@ -59,16 +59,33 @@ struct CommitResult {
   std::vector<v1::Event> events;
 };
 
-// The group-commit pipeline: a single thread takes every mutation queued
-// while the previous group was being written, writes them as one RocksDB
-// WriteBatch with one (optional) fsync, and delivers all their results in one
-// closure through `post` (the broker passes "post to core").
+// The group-commit pipeline. Two threads:
+//  - the writer takes every mutation queued while it was busy, gives their
+//    events sequence numbers and writes them as one RocksDB WriteBatch to the
+//    WAL, without fsync. Results of mutations that did not ask for sync are
+//    delivered at once, through `post` (the broker passes "post to core");
+//    the others are handed to the syncer.
+//  - the syncer fsyncs the WAL (DB::SyncWAL) for every group handed over
+//    since its previous fsync, then delivers their results.
+// So the writer writes group N+1 while the syncer fsyncs group N, concurrent
+// sync writers share fsyncs (under load the number of fsyncs per write falls
+// well below one), and an async write (a lease, say) never waits behind
+// somebody else's fsync.
 //
-// Concurrent sync writers therefore share fsyncs: under load the number of
-// fsyncs per write falls well below one.
+// Ordering: results of one group are delivered in submission order, but an
+// async result may be delivered before the result of an earlier sync write
+// that is still being fsynced. The caller must not depend on the order of
+// results of independent mutations; events therefore reach the EventHub out
+// of order, and the hub puts them back into sequence order. A write that is
+// written but not yet fsynced is visible to RocksDB reads; it is acknowledged
+// only after the fsync.
 //
-// Thread: Submit may be called from any thread. The mutex guards the queue
-// only; the write itself runs outside it.
+// A failed fsync is fatal (the process aborts): after one, the kernel may
+// have dropped the dirty pages, so nothing can tell what is durable; recovery
+// from the log on restart can.
+//
+// Thread: Submit may be called from any thread. The mutexes guard the queues
+// only; writes and fsyncs run outside them.
 class CommitPipeline {
  public:
   using Done = std::function<void(CommitResult&&)>;
@@ -135,7 +152,15 @@ class CommitPipeline {
     Done done;
   };
 
+  // A written mutation waiting for the syncer.
+  struct Pending {
+    Done done;
+    std::vector<v1::Event> events;
+    uint64_t commit_seq = 0;
+  };
+
   void Run();
+  void RunSyncer();
   void CommitGroup(std::vector<Item>& group);
 
   store::JobStore* const store_;
@@ -147,6 +172,13 @@ class CommitPipeline {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool committing_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Written mutations waiting for an fsync, and whether the syncer is busy.
+  mutable absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::vector<Pending> to_sync_ ABSL_GUARDED_BY(sync_mu_);
+  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
+  std::thread syncer_;
 
   // Commit thread only.
   bool unsynced_ = false;

@@ -1179,8 +1179,9 @@ void Engine::UpdateQueueRecord(const std::string& name,
       done(r.status);
       return;
     }
-    // Writes commit in submission order, so this is the newest committed
-    // record.
+    // Results of writes with the same durability arrive in submission order
+    // (and queue records are always written with sync), so
+    // this is the newest committed record.
     q.paused = rec.paused();
     q.max_leased_per_key = rec.max_leased_per_key();
     done(absl::OkStatus());
