@@ -9,6 +9,7 @@
 #include <future>
 
 #include "grpc/health/v1/health.pb.h"
+#include "util/thread_name.h"
 
 namespace errand {
 namespace {
@@ -78,7 +79,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   b->pipeline_->Start();
   b->work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
       b->core_.get_executor());
-  b->core_thread_ = std::thread([raw] { raw->core_.run(); });
+  b->core_thread_ = std::thread([raw] {
+    util::SetThreadName("errand-core");
+    raw->core_.run();
+  });
   RunOnCore(b->core_, [raw] { raw->engine_->Start(); });
 
   auto& ctx = b->ctx_;

@@ -2,6 +2,8 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <absl/synchronization/mutex.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <string>
@@ -126,6 +128,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+
+  // absl's lock-order checks cost a graph lookup per lock; the tests keep
+  // them, the broker does not need them.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
 
   // Block the stop signals in every thread; the main thread waits for them.
   sigset_t stop_signals;

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "store/keys.h"
+#include "util/thread_name.h"
 
 namespace errand::commit {
 
@@ -66,8 +67,14 @@ void CommitPipeline::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) return;
   started_ = true;
-  syncer_ = std::thread([this] { RunSyncer(); });
-  thread_ = std::thread([this] { Run(); });
+  syncer_ = std::thread([this] {
+    util::SetThreadName("errand-fsync");
+    RunSyncer();
+  });
+  thread_ = std::thread([this] {
+    util::SetThreadName("errand-commit");
+    Run();
+  });
 }
 
 void CommitPipeline::Submit(Mutation m, Done done) {
@@ -91,8 +98,14 @@ void CommitPipeline::Stop() {
     stopping_ = true;
     if (!started_) {
       started_ = true;
-      syncer_ = std::thread([this] { RunSyncer(); });
-      thread_ = std::thread([this] { Run(); });
+      syncer_ = std::thread([this] {
+    util::SetThreadName("errand-fsync");
+    RunSyncer();
+  });
+      thread_ = std::thread([this] {
+    util::SetThreadName("errand-commit");
+    Run();
+  });
     }
   }
   if (thread_.joinable()) thread_.join();
