@@ -115,6 +115,8 @@ for s in "${SYSTEM_LIST[@]}"; do
   esac
 done
 [[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+DRAIN_P_DEFAULT=${P_LIST[0]}
+for p in "${P_LIST[@]}"; do [[ $p == 4 ]] && DRAIN_P_DEFAULT=4; done
 
 want() { # want SYSTEM: was it asked for?
   local s
@@ -262,17 +264,31 @@ applies() {
   return 0
 }
 
-# Seconds the next invocation may take: at most every phase's timeout, at
-# least 20 s, about twice its fair share of what is left, never past the end.
+# Seconds the next invocation may take: at most every phase's timeout, and
+# what is left less RESERVE seconds for each invocation after it (so the last
+# ones, errand's, are never starved), but never past the end.
+RESERVE=25
 slot_secs() {
-  local left=$((END - SECONDS)) runs_left=$((TOTAL_RUNS - RUNS_DONE))
-  ((runs_left < 1)) && runs_left=1
+  local left=$((END - SECONDS)) after=$((TOTAL_RUNS - RUNS_DONE - 1))
+  ((after < 0)) && after=0
   local cap=$((${#PHASE_LIST[@]} * (PHASE_TIMEOUT + 5) + 30))
-  local share=$((2 * left / runs_left))
+  local share=$((left - after * RESERVE))
   ((share > cap)) && share=$cap
-  ((share < 20)) && share=20
+  ((share < RESERVE)) && share=$RESERVE
   ((share > left)) && share=$left
   echo "$share"
+}
+
+# The drain phase has no producers, so it runs at one producer count only:
+# 4 when that is in the list, else the first.
+DRAIN_P=$DRAIN_P_DEFAULT
+phases_for() { # phases_for P: --phases for this producer count
+  local out="" ph
+  for ph in "${PHASE_LIST[@]}"; do
+    [[ $ph == drain && $1 != "$DRAIN_P" ]] && continue
+    out="${out:+$out,}$ph"
+  done
+  echo "$out"
 }
 
 # run_bench SYSTEM MODE P CMD...: runs one benchmark invocation in its time
@@ -282,6 +298,7 @@ run_bench() {
   shift 3
   local slot
   slot=$(slot_secs)
+  PHASES_NOW=$(phases_for "$p")
   RUNS_DONE=$((RUNS_DONE + 1))
   local log_file="$LOGS/$system-$mode-p$p.log"
   if ((slot <= 0)); then
@@ -295,7 +312,7 @@ run_bench() {
     grep "^system=$system mode=$mode phase=" "$log_file" >>"$RESULTS"
   fi
   local ph
-  for ph in "${PHASE_LIST[@]}"; do
+  for ph in ${PHASES_NOW//,/ }; do
     grep -q "^system=$system mode=$mode phase=$ph .*producers=$p " "$RESULTS" ||
       echo "system=$system mode=$mode phase=$ph producers=$p workers=$WORKERS status=cut" >>"$RESULTS"
   done
@@ -306,7 +323,8 @@ peer_bench() { # peer_bench SYSTEM MODE PORT SERVER_PID
   for p in "${P_LIST[@]}"; do
     run_bench "$system" "$mode" "$p" "$PEER_BENCH" --system="$system" --addr="127.0.0.1:$port" \
       --mode="$mode" --n="$N" --producers="$p" --workers="$WORKERS" --rate="$RATE" \
-      --paced-n="$PACED_N" --phases="$PHASES" --phase-timeout="$PHASE_TIMEOUT" --server-pid="$spid"
+      --paced-n="$PACED_N" --phases="$(phases_for "$p")" --phase-timeout="$PHASE_TIMEOUT" \
+      --server-pid="$spid"
   done
 }
 
@@ -315,7 +333,7 @@ mark_failed() { # mark_failed SYSTEM MODE
   local p ph
   for p in "${P_LIST[@]}"; do
     RUNS_DONE=$((RUNS_DONE + 1))
-    for ph in "${PHASE_LIST[@]}"; do
+    for ph in $(phases_for "$p" | tr , ' '); do
       echo "system=$1 mode=$2 phase=$ph producers=$p workers=$WORKERS status=nostart" >>"$RESULTS"
     done
   done
@@ -472,7 +490,7 @@ if want errand; then
       # errand-bench's own temp dir (broker data) goes under ours.
       TMPDIR="$WORK" run_bench errand "$mode" "$p" "$ERRAND_BENCH" --spawn-broker="$ERRAND_BROKER" \
         --mode="$mode" --n="$N" --producers="$p" --workers="$WORKERS" --rate="$RATE" \
-        --paced-n="$PACED_N" --phases="$PHASES" --phase-timeout="$PHASE_TIMEOUT"
+        --paced-n="$PACED_N" --phases="$(phases_for "$p")" --phase-timeout="$PHASE_TIMEOUT"
     done
   done
 fi
@@ -485,7 +503,7 @@ log "benchmarks took $((SECONDS - START)) s"
 # errand is better in every row.
 
 awk -v systems="$SYSTEMS" -v modes="$MODES" -v phases="$PHASES" -v plist="$PRODUCERS" \
-  -v n="$N" -v w="$WORKERS" -v rate="$RATE" '
+  -v n="$N" -v w="$WORKERS" -v rate="$RATE" -v drainp="$DRAIN_P" '
 function field(line, key,   re, m) {
   re = "(^| )" key "=[^ ]*"
   if (match(line, re)) { m = substr(line, RSTART, RLENGTH); sub(/^ /, "", m); return substr(m, length(key) + 2) }
@@ -511,6 +529,7 @@ END {
   ns = split(systems, sys, ","); nm = split(modes, md, ","); np = split(phases, ph, ","); nq = split(plist, pp, ",")
   printf "\nJob round trip, %d-job phases, %d workers, 256-byte payloads, paced %d jobs/s offered; all on 127.0.0.1.\n", n, w, rate
   printf "enqueue/drain/roundtrip: jobs/s. paced: p99 ms from enqueue to completion.\n"
+  printf "drain has no producers: it runs once, in the P=%s invocation.\n", drainp
   printf "errand/best: errand over the best peer (paced: best peer p99 over errand p99); > 1 means errand is ahead.\n"
   printf "'-': not run (NATS sync: no fsync per write; RabbitMQ async: confirms always wait for the disk).\n\n"
   hdr = sprintf("%-6s %-9s %3s", "mode", "phase", "P")
@@ -518,6 +537,7 @@ END {
   hdr = hdr sprintf(" %12s", "errand/best")
   print hdr
   for (a = 1; a <= nm; a++) for (b = 1; b <= np; b++) for (c = 1; c <= nq; c++) {
+    if (ph[b] == "drain" && pp[c] != drainp) continue
     row = sprintf("%-6s %-9s %3s", md[a], ph[b], pp[c])
     best = -1; ev = -1
     for (i = 1; i <= ns; i++) {
