@@ -16,7 +16,7 @@
 #   sync   (acknowledged after fsync): beanstalkd -b DIR -f0; Redis appendonly
 #          with appendfsync always; RabbitMQ durable queue, persistent
 #          messages, publisher confirms (classic and quorum); errand --commit=sync.
-#          NATS: '-' (nats-server 2.9 cannot fsync per write).
+#          NATS: '-' (nats-server 2.9 has no setting to fsync each write).
 #   async  (acknowledged before fsync): beanstalkd -f1000; Redis appendfsync
 #          everysec; NATS JetStream file store; errand --commit=async.
 #          RabbitMQ: '-' (its confirms always wait for the disk; it has no
@@ -531,7 +531,7 @@ END {
   printf "enqueue/drain/roundtrip: jobs/s. paced: p99 ms from enqueue to completion.\n"
   printf "drain has no producers: it runs once, in the P=%s invocation.\n", drainp
   printf "errand/best: errand over the best peer (paced: best peer p99 over errand p99); > 1 means errand is ahead.\n"
-  printf "'-': not run (NATS sync: no fsync per write; RabbitMQ async: confirms always wait for the disk).\n\n"
+  printf "'-': not run (NATS sync: no fsync-per-write setting; RabbitMQ async: confirms always wait for the disk).\n\n"
   hdr = sprintf("%-6s %-9s %3s", "mode", "phase", "P")
   for (i = 1; i <= ns; i++) hdr = hdr sprintf(" %16s", sys[i])
   hdr = hdr sprintf(" %12s", "errand/best")
