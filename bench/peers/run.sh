@@ -22,8 +22,8 @@
 #          RabbitMQ: '-' (its confirms always wait for the disk; it has no
 #          acknowledge-before-fsync setting for persistent messages).
 # The whole run is bounded by --budget seconds (plus starting and stopping the
-# servers): each benchmark invocation gets a share of what is left and is cut
-# off when its time is up; rows it did not finish show 'cut'.
+# servers): each benchmark invocation gets 1.5 times its fair share of what
+# is left and is cut off when its time is up; rows it did not finish show 'cut'.
 #
 # Installs what is missing with apt-get (Debian; root or sudo), builds
 # peer-bench, errand-bench and errand-broker into --build-dir (relative to the
@@ -264,17 +264,16 @@ applies() {
   return 0
 }
 
-# Seconds the next invocation may take: at most every phase's timeout, and
-# what is left less RESERVE seconds for each invocation after it (so the last
-# ones, errand's, are never starved), but never past the end.
-RESERVE=25
+# Seconds the next invocation may take: 1.5 times its fair share of what is
+# left (time the earlier ones did not use goes to the later ones, errand's
+# last), at least 20 s, at most every phase's timeout, never past the end.
 slot_secs() {
-  local left=$((END - SECONDS)) after=$((TOTAL_RUNS - RUNS_DONE - 1))
-  ((after < 0)) && after=0
+  local left=$((END - SECONDS)) runs_left=$((TOTAL_RUNS - RUNS_DONE))
+  ((runs_left < 1)) && runs_left=1
   local cap=$((${#PHASE_LIST[@]} * (PHASE_TIMEOUT + 5) + 30))
-  local share=$((left - after * RESERVE))
+  local share=$((3 * left / (2 * runs_left)))
   ((share > cap)) && share=$cap
-  ((share < RESERVE)) && share=$RESERVE
+  ((share < 20)) && share=20
   ((share > left)) && share=$left
   echo "$share"
 }
@@ -549,7 +548,10 @@ END {
       if (best < 0 || (ph[b] == "paced" ? v < best : v > best)) best = v
     }
     ratio = "-"
-    if (best > 0 && ev > 0) ratio = sprintf("%.2f", ph[b] == "paced" ? best / ev : ev / best)
+    if (best > 0 && ev > 0) {
+      r = ph[b] == "paced" ? best / ev : ev / best
+      ratio = sprintf(r < 0.1 ? "%.3f" : "%.2f", r)
+    }
     print row sprintf(" %12s", ratio)
   }
   printf "\npaced latency, p50/p99/max ms from enqueue to completion:\n"
