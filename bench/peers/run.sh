@@ -188,6 +188,11 @@ LOGS="$WORK/logs"
 mkdir -p "$LOGS"
 declare -A STARTED=() # pid -> what
 
+track() { # track PID WHAT: stopped at exit if still running
+  STARTED[$1]=$2
+  log "started $2, pid $1"
+}
+
 # stop_pid PID WHAT [SECS]: SIGTERM, up to SECS (10) for it to go, then SIGKILL.
 stop_pid() {
   local pid=$1 what=$2 secs=${3:-10} i
@@ -349,7 +354,7 @@ run_beanstalkd() { # MODE
   [[ $mode == async ]] && fsync=-f1000
   beanstalkd -l 127.0.0.1 -p "$port" -b "$dir/binlog" "$fsync" >"$LOGS/beanstalkd-$mode.server.log" 2>&1 &
   local pid=$!
-  STARTED[$pid]=beanstalkd
+  track "$pid" beanstalkd
   if ! wait_port "$pid" "$port" 20; then
     log "beanstalkd did not start: $(tail -3 "$LOGS/beanstalkd-$mode.server.log")"
     stop_pid "$pid" beanstalkd
@@ -370,7 +375,7 @@ run_redis() { # MODE
     --appendonly yes --appendfsync "$fsync" --logfile "$LOGS/redis-$mode.server.log" \
     >/dev/null 2>&1 &
   local pid=$!
-  STARTED[$pid]=redis-server
+  track "$pid" redis-server
   if ! wait_port "$pid" "$port" 20; then
     log "redis-server did not start: $(tail -3 "$LOGS/redis-$mode.server.log")"
     stop_pid "$pid" redis-server
@@ -387,7 +392,7 @@ run_nats() { # MODE
   port=$(free_port)
   nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir" -l "$LOGS/nats-$mode.server.log" &
   local pid=$!
-  STARTED[$pid]=nats-server
+  track "$pid" nats-server
   if ! wait_port "$pid" "$port" 20; then
     log "nats-server did not start: $(tail -3 "$LOGS/nats-$mode.server.log")"
     stop_pid "$pid" nats-server
@@ -402,11 +407,11 @@ run_nats() { # MODE
 # temp dir (data, logs, config, Erlang cookie via HOME), its own epmd on a
 # port of its own, every listener on 127.0.0.1.
 RMQ_NODE=errandpeers@localhost
-rmq_env() { # rmq_env DIR PORT EPMD_PORT: for a subshell
-  local dir=$1 port=$2 epmd=$3
+rmq_env() { # rmq_env DIR PORT EPMD_PORT DIST_PORT: for a subshell
+  local dir=$1 port=$2 epmd=$3 dist=$4
   export HOME="$dir/home" ERL_EPMD_PORT="$epmd" ERL_EPMD_ADDRESS=127.0.0.1
   export RABBITMQ_NODENAME="$RMQ_NODE" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port"
-  export RABBITMQ_DIST_PORT="$((port + 20000))"
+  export RABBITMQ_DIST_PORT="$dist"
   export RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log"
   export RABBITMQ_CONFIG_FILE="$dir/rabbitmq" RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config"
   export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/rabbit.pid"
@@ -420,12 +425,13 @@ rmq_fail() { # rmq_fail MODE
 }
 
 run_rabbitmq() { # MODE
-  local mode=$1 dir="$WORK/rabbitmq-$1" port epmd_port
+  local mode=$1 dir="$WORK/rabbitmq-$1" port epmd_port dist_port
   mkdir -p "$dir/home" "$dir/log"
   port=$(free_port)
   while :; do
     epmd_port=$(free_port)
-    ((epmd_port != port)) && break
+    dist_port=$(free_port)
+    ((epmd_port != port && dist_port != port && dist_port != epmd_port)) && break
   done
   printf 'listeners.tcp.default = 127.0.0.1:%s\nlog.file.level = warning\nlog.console = false\n' \
     "$port" >"$dir/rabbitmq.conf"
@@ -433,19 +439,19 @@ run_rabbitmq() { # MODE
   : >"$dir/rabbitmq-env.conf"
   epmd -address 127.0.0.1 -port "$epmd_port" >"$LOGS/epmd-$mode.log" 2>&1 &
   local epmd_pid=$!
-  STARTED[$epmd_pid]=epmd
+  track "$epmd_pid" epmd
   # Not detached: this shell is its parent, and SIGTERM to it runs
   # `rabbitmqctl stop` (its own signal handler) and waits for the node.
   (
-    rmq_env "$dir" "$port" "$epmd_port"
+    rmq_env "$dir" "$port" "$epmd_port" "$dist_port"
     exec /usr/lib/rabbitmq/bin/rabbitmq-server
   ) >"$LOGS/rabbitmq-$mode.server.log" 2>&1 </dev/null &
   local pid=$!
-  STARTED[$pid]=rabbitmq-server
+  track "$pid" rabbitmq-server
   local ok=0 i
   for ((i = 0; i < 120; i++)); do
     kill -0 "$pid" 2>/dev/null || break
-    if (rmq_env "$dir" "$port" "$epmd_port" && /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "$RMQ_NODE" \
+    if (rmq_env "$dir" "$port" "$epmd_port" "$dist_port" && /usr/lib/rabbitmq/bin/rabbitmqctl -q -n "$RMQ_NODE" \
       await_startup --timeout 5) >/dev/null 2>&1; then
       ok=1
       break
@@ -455,7 +461,7 @@ run_rabbitmq() { # MODE
   local beam_pid
   beam_pid=$(cat "$dir/rabbit.pid" 2>/dev/null)
   if ((ok)) && [[ -n $beam_pid ]] && wait_port "$pid" "$port" 20; then
-    log "rabbitmq-server up in $i s (node pid $beam_pid)"
+    log "rabbitmq-server up in $i s, node pid $beam_pid"
     want rabbitmq-classic && peer_bench rabbitmq-classic "$mode" "$port" "$beam_pid"
     want rabbitmq-quorum && peer_bench rabbitmq-quorum "$mode" "$port" "$beam_pid"
   else
