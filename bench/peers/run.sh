@@ -19,8 +19,8 @@
 #          NATS: '-' (nats-server 2.9 has no setting to fsync each write).
 #   async  (acknowledged before fsync): beanstalkd -f1000; Redis appendfsync
 #          everysec; NATS JetStream file store; errand --commit=async.
-#          RabbitMQ: '-' (its confirms always wait for the disk; it has no
-#          acknowledge-before-fsync setting for persistent messages).
+#          RabbitMQ: '-' (no setting confirms a persistent message before its
+#          fsync: a confirm waits for the disk or for the consumers).
 # The whole run is bounded by --budget seconds (plus starting and stopping the
 # servers): each benchmark invocation gets 1.5 times its fair share of what
 # is left and is cut off when its time is up; rows it did not finish show 'cut'.
@@ -536,7 +536,7 @@ END {
   printf "enqueue/drain/roundtrip: jobs/s. paced: p99 ms from enqueue to completion.\n"
   printf "drain has no producers: it runs once, in the P=%s invocation.\n", drainp
   printf "errand/best: errand over the best peer (paced: best peer p99 over errand p99); > 1 means errand is ahead.\n"
-  printf "'-': not run (NATS sync: no fsync-per-write setting; RabbitMQ async: confirms always wait for the disk).\n\n"
+  printf "'-': not run (NATS sync: no fsync-per-write setting; RabbitMQ async: no confirm-before-fsync setting).\n\n"
   hdr = sprintf("%-6s %-9s %3s", "mode", "phase", "P")
   for (i = 1; i <= ns; i++) hdr = hdr sprintf(" %16s", sys[i])
   hdr = hdr sprintf(" %12s", "errand/best")
