@@ -417,6 +417,7 @@ rmq_env() { # rmq_env DIR PORT EPMD_PORT DIST_PORT: for a subshell
   export RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PID_FILE="$dir/rabbit.pid"
   export RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
   export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" # rabbitmqctl's node
   # A crashing node or rabbitmqctl writes its dump here, not into the cwd.
   export ERL_CRASH_DUMP="$dir/erl_crash.dump"
   cd "$dir" || return 1
