@@ -564,6 +564,7 @@ END {
     }
     print row sprintf(" %12s", ratio)
   }
+  if (("," phases ",") !~ /,paced,/) exit
   printf "\npaced latency, p50/p99/max ms from enqueue to completion:\n"
   hdr = sprintf("%-6s %3s", "mode", "P")
   for (i = 1; i <= ns; i++) hdr = hdr sprintf(" %20s", sys[i])
