@@ -70,8 +70,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   b->hub_ = std::make_unique<hub::EventHub>(b->core_, b->readers_, b->store_.get(),
                                             b->pipeline_.get(), hub::EventHub::Options{},
                                             *last_seq);
-  b->engine_->SetEventSink(
-      [raw](const std::vector<v1::Event>& events) {
+  b->pipeline_->SetEventSink(
+      [raw](std::vector<v1::Event>&& events) {
         raw->hub_->Publish(events);
         raw->workers_.OnEvents(events);
       });

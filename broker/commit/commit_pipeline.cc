@@ -125,40 +125,69 @@ bool CommitPipeline::Idle() const {
   return to_sync_.empty() && !syncing_;
 }
 
+void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
+                             const absl::Status& error) {
+  if (pending.empty()) return;
+  post_([pending = std::move(pending), synced, error, sink = &sink_]() mutable {
+    std::vector<v1::Event> events;
+    for (Pending& p : pending) {
+      if (!error.ok()) {
+        if (p.done) {
+          CommitResult cr;
+          cr.status = error;
+          p.done(std::move(cr));
+        }
+        continue;
+      }
+      if (p.done) {
+        p.result.synced = synced;
+        p.done(std::move(p.result));
+      }
+      if (events.empty()) {
+        events = std::move(p.events);
+      } else {
+        for (v1::Event& e : p.events) events.push_back(std::move(e));
+      }
+    }
+    if (!events.empty() && *sink) (*sink)(std::move(events));
+  });
+}
+
 void CommitPipeline::RunSyncer() {
   std::vector<Pending> batch;
   for (;;) {
+    bool stopping = false;
     {
       absl::MutexLock lock(&sync_mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
         return !to_sync_.empty() || sync_stop_;
       };
-      sync_mu_.Await(absl::Condition(&has_work));
-      if (to_sync_.empty()) return;  // stopping, and nothing left to sync
-      batch.swap(to_sync_);
+      if (batch.empty()) sync_mu_.Await(absl::Condition(&has_work));
+      if (batch.empty() && to_sync_.empty()) return;  // stopping, nothing left
+      for (Pending& p : to_sync_) batch.push_back(std::move(p));
+      to_sync_.clear();
       syncing_ = true;
+      stopping = sync_stop_;
     }
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
-    if (absl::Status s = store_->SyncWAL(); !s.ok()) {
-      spdlog::critical("fsync of the write-ahead log failed ({}); exiting, recovery on restart "
-                       "replays what reached the disk",
-                       s.ToString());
-      std::abort();
+    absl::Status s = store_->SyncWAL();
+    if (s.ok()) {
+      fsyncs_++;
+      Deliver(std::move(batch), /*synced=*/true, absl::OkStatus());
+      batch.clear();
+    } else if (stopping) {
+      Deliver(std::move(batch), /*synced=*/false, s);
+      batch.clear();
+    } else {
+      // Keep the batch and try again (SyncWAL recovers the store once it
+      // can); new arrivals join it.
+      absl::MutexLock lock(&sync_mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return sync_stop_; };
+      sync_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
     }
-    fsyncs_++;
-    post_([batch = std::move(batch)]() mutable {
-      for (Pending& p : batch) {
-        CommitResult cr;
-        cr.synced = true;
-        cr.commit_seq = p.commit_seq;
-        cr.events = std::move(p.events);
-        p.done(std::move(cr));
-      }
-    });
-    batch = {};
     absl::MutexLock lock(&sync_mu_);
-    syncing_ = false;
+    syncing_ = !batch.empty();
   }
 }
 
@@ -232,16 +261,10 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   absl::Status status = store_->Write(&batch, /*sync=*/false);
   if (!status.ok()) {
     failed_ += group.size();
-    std::vector<Done> dones;
-    dones.reserve(group.size());
-    for (Item& item : group) dones.push_back(std::move(item.done));
-    post_([dones = std::move(dones), status]() mutable {
-      for (Done& d : dones) {
-        CommitResult cr;
-        cr.status = status;
-        d(std::move(cr));
-      }
-    });
+    std::vector<Pending> failed;
+    failed.reserve(group.size());
+    for (Item& item : group) failed.push_back(Pending{std::move(item.done), {}, {}});
+    Deliver(std::move(failed), false, status);
     return;
   }
   if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
@@ -250,33 +273,36 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   groups_++;
   writes_ += group.size();
   const uint64_t commit_seq = store_->LatestSequence();
+  // In kAlways mode the events of async mutations still wait for the fsync.
+  const bool events_wait = options_.mode == SyncMode::kAlways;
   std::vector<Pending> now, later;
   for (Item& item : group) {
-    Pending p{std::move(item.done), std::move(item.mutation.events), commit_seq};
-    (item.mutation.sync ? later : now).push_back(std::move(p));
-  }
-  if (!now.empty() && !unsynced_) {
-    unsynced_ = true;
-    first_unsynced_ = std::chrono::steady_clock::now();
+    Pending p{std::move(item.done), {}, std::move(item.mutation.events)};
+    p.result.commit_seq = commit_seq;
+    if (!p.events.empty()) {
+      p.result.first_event_seq = p.events.front().seq();
+      p.result.event_count = static_cast<uint32_t>(p.events.size());
+    }
+    if (item.mutation.sync) {
+      later.push_back(std::move(p));
+    } else if (events_wait && !p.events.empty()) {
+      // Acknowledge now, publish after the fsync.
+      later.push_back(Pending{nullptr, {}, std::move(p.events)});
+      p.events.clear();
+      now.push_back(std::move(p));
+    } else {
+      now.push_back(std::move(p));
+    }
+    if (!item.mutation.sync && !unsynced_) {
+      unsynced_ = true;
+      first_unsynced_ = std::chrono::steady_clock::now();
+    }
   }
   if (!later.empty()) {
     absl::MutexLock lock(&sync_mu_);
-    if (to_sync_.empty()) {
-      to_sync_.swap(later);
-    } else {
-      for (Pending& p : later) to_sync_.push_back(std::move(p));
-    }
+    for (Pending& p : later) to_sync_.push_back(std::move(p));
   }
-  if (!now.empty()) {
-    post_([now = std::move(now)]() mutable {
-      for (Pending& p : now) {
-        CommitResult cr;
-        cr.commit_seq = p.commit_seq;
-        cr.events = std::move(p.events);
-        p.done(std::move(cr));
-      }
-    });
-  }
+  Deliver(std::move(now), /*synced=*/false, absl::OkStatus());
 }
 
 }  // namespace errand::commit

@@ -55,8 +55,11 @@ struct CommitResult {
   bool synced = false;
   // RocksDB sequence number after the group's write.
   uint64_t commit_seq = 0;
-  // The mutation's events with their sequence numbers (empty on failure).
-  std::vector<v1::Event> events;
+  // The sequence numbers given to the mutation's events: first_event_seq
+  // .. first_event_seq + event_count - 1 (0 and 0 without events or on
+  // failure). The events themselves go to the event sink.
+  uint64_t first_event_seq = 0;
+  uint32_t event_count = 0;
 };
 
 // The group-commit pipeline. Two threads:
@@ -72,17 +75,25 @@ struct CommitResult {
 // well below one), and an async write (a lease, say) never waits behind
 // somebody else's fsync.
 //
+// Events: every committed event goes to the event sink (through `post`),
+// never to the result. In kAlways mode an event is handed on only once it is
+// fsynced, even when its mutation was acknowledged before (a lease): a
+// sequence number a subscriber saw is never lost to a power cut and reused.
+// In kInterval mode events go out with their write, as the mode promises.
+//
 // Ordering: results of one group are delivered in submission order, but an
 // async result may be delivered before the result of an earlier sync write
-// that is still being fsynced. The caller must not depend on the order of
-// results of independent mutations; events therefore reach the EventHub out
-// of order, and the hub puts them back into sequence order. A write that is
-// written but not yet fsynced is visible to RocksDB reads; it is acknowledged
-// only after the fsync.
+// that is still being fsynced, and the same holds for events: the caller must
+// not depend on the order of results of independent mutations, and the event
+// sink must put events back in sequence order (the EventHub does). A write
+// that is written but not yet fsynced is visible to RocksDB reads; it is
+// acknowledged only after the fsync.
 //
-// A failed fsync is fatal (the process aborts): after one, the kernel may
-// have dropped the dirty pages, so nothing can tell what is durable; recovery
-// from the log on restart can.
+// A failed fsync (or a write error after the write, e.g. a full disk) holds
+// the sync results: the syncer retries, and JobStore::SyncWAL recovers the
+// store once it can (RocksDB then flushes the memtables, which makes the
+// held writes durable), so they are acknowledged only when durable. At Stop,
+// results still held get the error.
 //
 // Thread: Submit may be called from any thread. The mutexes guard the queues
 // only; writes and fsyncs run outside them.
@@ -90,6 +101,7 @@ class CommitPipeline {
  public:
   using Done = std::function<void(CommitResult&&)>;
   using Post = std::function<void(std::function<void()>)>;
+  using EventSink = std::function<void(std::vector<v1::Event>&&)>;
 
   struct Options {
     SyncMode mode = SyncMode::kAlways;
@@ -120,6 +132,11 @@ class CommitPipeline {
   ~CommitPipeline();
   CommitPipeline(const CommitPipeline&) = delete;
   CommitPipeline& operator=(const CommitPipeline&) = delete;
+
+  // Where committed events go (run through `post`; batches may arrive out of
+  // sequence order, see above). Without a sink they are dropped.
+  // REQUIRES: before Start.
+  void SetEventSink(EventSink sink) { sink_ = std::move(sink); }
 
   // Starts the commit thread. Mutations submitted before Start form the first
   // group.
@@ -152,12 +169,16 @@ class CommitPipeline {
     Done done;
   };
 
-  // A written mutation waiting for the syncer.
+  // A written mutation's result (`done` empty: only events to hand on).
   struct Pending {
     Done done;
+    CommitResult result;
     std::vector<v1::Event> events;
-    uint64_t commit_seq = 0;
   };
+
+  // Posts `pending`'s results (with `synced`, or with `error`) and then
+  // hands their events to the sink.
+  void Deliver(std::vector<Pending> pending, bool synced, const absl::Status& error);
 
   void Run();
   void RunSyncer();
@@ -166,6 +187,7 @@ class CommitPipeline {
   store::JobStore* const store_;
   const Options options_;
   const Post post_;
+  EventSink sink_;
 
   mutable absl::Mutex mu_;
   std::vector<Item> queue_ ABSL_GUARDED_BY(mu_);

@@ -195,10 +195,6 @@ void Engine::ApplyJob(JobEntry& e, v1::Job job) {
   if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
 }
 
-void Engine::Published(const std::vector<v1::Event>& events) {
-  if (!events.empty() && event_sink_) event_sink_(events);
-}
-
 uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done) {
   JobEntry* e = Find(id);
   if (e == nullptr) {
@@ -296,7 +292,6 @@ void Engine::CommitJob(JobEntry& e, v1::Job job, v1::EventType type, bool sync,
     if (r.status.ok()) ApplyJob(*e, std::move(job));
     e->busy = false;
     then(r.status, *e);
-    if (r.status.ok()) Published(r.events);
     ReleaseJob(*e);
     ArmTimers();  // e.g. a finished job's retention deadline
   });
@@ -482,7 +477,6 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
       out.jobs.push_back(std::move(dup));
     }
     done(std::move(out));
-    Published(r.events);
     for (auto& fn : retry) fn();
     std::sort(touched.begin(), touched.end());
     touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
@@ -675,7 +669,6 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     }
     if (r.status.ok()) {
       done(std::move(leases));
-      Published(r.events);
     } else {
       done(r.status);
     }
@@ -1267,7 +1260,6 @@ void Engine::Purge(const std::string& queue, CountDone done) {
         }
       }
       if (r.status.ok()) {
-        Published(r.events);
         NoteDeleted(ids->size());
       } else if (progress->error.ok()) {
         progress->error = r.status;
@@ -1393,7 +1385,6 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
       }
     }
     if (r.status.ok()) {
-      Published(r.events);
       NoteDeleted(ids->size());
     }
     ArmTimers();

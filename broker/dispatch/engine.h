@@ -195,11 +195,6 @@ class Engine {
   bool CancelWaitJob(uint64_t waiter_id);
   size_t waiting_jobs() const { return job_waiters_.size(); }
 
-  // Receives every committed event, in sequence order, right after the
-  // change it describes is applied in memory. Thread: core.
-  using EventSink = std::function<void(const std::vector<v1::Event>&)>;
-  void SetEventSink(EventSink sink) { event_sink_ = std::move(sink); }
-
   using StatusDone = std::function<void(absl::Status)>;
   using CountDone = std::function<void(absl::StatusOr<uint64_t>)>;
 
@@ -314,7 +309,6 @@ class Engine {
     std::vector<std::pair<QueueState*, std::list<uint64_t>::iterator>> links;
   };
 
-  void Published(const std::vector<v1::Event>& events);
   // Ready-queue membership (both indexes).
   void ReadyPush(JobEntry& e);
   bool ReadyErase(JobEntry& e);
@@ -385,7 +379,6 @@ class Engine {
   std::map<std::string, QueueState> queues_;
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::unordered_map<uint64_t, JobWaiter> job_waiters_;
-  EventSink event_sink_;
   DeadlineSet leases_;
   DeadlineSet scheduled_;
   DeadlineSet expiries_;  // finished jobs by retention end

@@ -58,9 +58,8 @@ grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* co
         reactor->Finish(ToGrpc(r.status));
         return;
       }
-      response->set_seq(r.events.at(0).seq());
+      response->set_seq(r.first_event_seq);
       response->set_durability(r.synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC);
-      ctx->hub->Publish(r.events);
       reactor->Finish(grpc::Status::OK);
     });
   });
