@@ -1535,9 +1535,10 @@ PhaseResult RunScaleWaiters() {
       } else {
         ++not_done;
         if (sink.errors.load() == 0) {
-          sink.Error("WaitJob for job " + ids[i] + ": " +
-                     (c->status.ok() ? std::string("answered done=") + (c->resp.done() ? "true" : "false")
-                                     : StatusText(c->status)));
+          const std::string what =
+              c->status.ok() ? std::string("answered done=") + (c->resp.done() ? "true" : "false")
+                             : StatusText(c->status);
+          sink.Error("WaitJob for job " + ids[i] + ": " + what);
         }
       }
       delete c;
