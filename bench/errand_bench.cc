@@ -669,11 +669,14 @@ void BM_Phase(benchmark::State& state, std::string phase, int producers) {
 void PrintSummary() {
   std::string plist;
   for (int p : g_flags.producers) plist += (plist.empty() ? "" : ",") + std::to_string(p);
+  const bool shared = std::any_of(g_flags.phases.begin(), g_flags.phases.end(),
+                                  [](const std::string& p) { return !IsScalePhase(p); });
   std::printf("\nerrand-bench summary: broker %s, mode requested %s, broker commit mode %s, "
               "%s producers (one shared Client), %d workers (Workers.Connect), %d-byte payloads\n",
-              g_flags.spawn_broker.empty() ? g_flags.addr.c_str() : "spawned",
-              g_flags.mode.c_str(), g_server_mode.c_str(), plist.c_str(), g_flags.workers,
-              g_flags.payload);
+              !shared ? "of its own per scale phase"
+              : g_flags.spawn_broker.empty() ? g_flags.addr.c_str() : "spawned",
+              g_flags.mode.c_str(), shared ? g_server_mode.c_str() : g_flags.mode.c_str(),
+              plist.c_str(), g_flags.workers, g_flags.payload);
   std::printf("  %-13s %4s %8s %10s %9s %9s %9s %10s %12s  %s\n", "phase", "P", "jobs", "jobs/s",
               "p50 us", "p99 us", "max us", "fsync/job", "broker cpu/job", "");
   for (auto& r : g_results) {
