@@ -45,7 +45,7 @@ struct Flags {
   int payload = 256;
   double rate = 1000;
   int paced_n = 5000;
-  std::vector<std::string> phases = {"enqueue", "drain", "roundtrip", "paced"};
+  std::vector<std::string> phases = {"enqueue", "drain", "roundtrip", "paced", "batch"};
   std::string queue = "bench";
   int phase_timeout_s = 120;
   // Workers: "ack" grants the next credit after the completion's ack (one job

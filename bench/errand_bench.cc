@@ -4,7 +4,7 @@
 //                [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]
 //                [--payload=256] [--rate=1000] [--paced-n=5000]
 //                [--batch-size=100] [--batch-n=100000]
-//                [--phases=enqueue,drain,roundtrip,paced] [--queue=bench]
+//                [--phases=enqueue,drain,roundtrip,paced,batch] [--queue=bench]
 //                [--phase-timeout=120] [--credits=ack|early]
 //                [--scale-n=1000000] [--restart-signal=kill|term]
 //                [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]
@@ -30,6 +30,7 @@
 //   batch      --batch-n jobs, P producer threads each calling the unary
 //              Jobs.EnqueueBatch with --batch-size jobs, one call at a time;
 //              latency = one EnqueueBatch call
+// The default phases are these five.
 // With a list of producer counts (--producers=1,4,16,64) enqueue, roundtrip
 // and batch run once per count; drain and paced run once, with the first.
 //
@@ -110,9 +111,9 @@ void Usage() {
                "usage: errand-bench [--addr=HOST:PORT | --spawn-broker=PATH] [--mode=sync|async]\n"
                "  [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]\n"
                "  [--payload=256] [--rate=1000] [--paced-n=5000] [--batch-size=100]\n"
-               "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced] [--queue=bench]\n"
-               "  [--phase-timeout=120] [--credits=ack|early] [--benchmark_...]\n"
-               "phases: enqueue drain roundtrip paced batch (default: the first four), and the\n"
+               "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced,batch]\n"
+               "  [--queue=bench] [--phase-timeout=120] [--credits=ack|early] [--benchmark_...]\n"
+               "phases: enqueue drain roundtrip paced batch (the default: all five), and the\n"
                "opt-in scale phases, which need --spawn-broker (each starts its own broker):\n"
                "  scale-ready    [--scale-n=1000000] [--restart-signal=kill|term]\n"
                "  scale-fanout   [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]\n"

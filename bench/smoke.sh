@@ -42,6 +42,21 @@ for mode in sync async; do
   done
 done
 
+# The default phase set: the five phases, in order, nothing else.
+out=$("$bench" --spawn-broker="$broker" --mode=async --n=50 --paced-n=20 --rate=500 \
+      --batch-n=200 --phase-timeout=60 2>&1)
+rc=$?
+echo "$out"
+if [ $rc -ne 0 ]; then
+  echo "FAIL: errand-bench with the default phases exited $rc"
+  exit 1
+fi
+phases=$(echo "$out" | sed -n 's/^system=errand mode=async phase=\([a-z-]*\) .*status=ok.*/\1/p' | tr '\n' ' ')
+if [ "$phases" != "enqueue drain roundtrip paced batch " ]; then
+  echo "FAIL: the default phases printed ok lines for '$phases'"
+  exit 1
+fi
+
 # Scale phases, tiny: each spawns its own broker. scale-ready restarts it
 # after SIGKILL and must find every job again.
 out=$("$bench" --spawn-broker="$broker" --mode=async \
