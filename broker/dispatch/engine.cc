@@ -168,7 +168,7 @@ void Engine::ReleaseJob(JobEntry& e) {
   // that started a new write (busy again) holds back the rest.
   while (!e.busy && !e.deferred.empty()) {
     auto fn = std::move(e.deferred.front());
-    e.deferred.pop_front();
+    e.deferred.erase(e.deferred.begin());
     fn();
   }
 }
