@@ -426,6 +426,10 @@ done
 check "worker logs: $((DEMO_JOBS + 5)) jobs succeeded (got $n)" test "$n" = $((DEMO_JOBS + 5))
 check "worker-shell log: 1 job succeeded" \
   test "$(dk logs "$(containers worker-shell)" 2>&1 | grep -c 'outcome=succeeded')" = 1
+# deploy/README.md's way to watch jobs: errandctl inside the broker container.
+stats=$(DC_TIMEOUT=60 cdc exec -T broker errandctl stats "$DEMO_QUEUE" 2>&1)
+check "errandctl in the broker container (exec) counts $((DEMO_JOBS + 5)) succeeded on $DEMO_QUEUE" \
+  test "$(field succeeded <<<"$stats")" = $((DEMO_JOBS + 5))
 
 # --------------------------------------------------------------------------
 log "stop (SIGTERM) and down, keeping the volume"
