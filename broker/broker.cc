@@ -16,7 +16,6 @@ namespace {
 constexpr const char* kServices[] = {"errand.v1.Jobs", "errand.v1.Workers", "errand.v1.Events",
                                      "errand.v1.Admin"};
 
-// Runs `fn` on core and waits for it. Only for start and stop.
 // TLS server credentials from the configured PEM files, or plaintext.
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Config& c) {
   if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
@@ -50,6 +49,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   return grpc::SslServerCredentials(opts);
 }
 
+// Runs `fn` on core and waits for it. Only for start and stop.
 template <typename F>
 void RunOnCore(asio::io_context& core, F fn) {
   std::promise<void> done;
