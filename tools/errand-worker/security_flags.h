@@ -35,14 +35,13 @@ inline void AddSecurityFlags(CLI::App& app, SecurityFlags* f) {
   app.add_option("--tls-server-name", f->tls_server_name,
                  "name to check the broker's certificate against (default: the host of --addr)")
       ->envname("ERRAND_TLS_SERVER_NAME");
-  auto* token = app.add_option("--token", f->token,
-                               "bearer token for a broker with --token-file; prefer the\n"
-                               "environment (ERRAND_TOKEN) or --token-file: argv is visible to\n"
-                               "every user of the machine")
-                    ->envname("ERRAND_TOKEN");
-  app.add_option("--token-file", f->token_file, "read the bearer token from this file")
-      ->envname("ERRAND_TOKEN_FILE")
-      ->excludes(token);
+  app.add_option("--token", f->token,
+                 "bearer token for a broker with --token-file; prefer the environment\n"
+                 "(ERRAND_TOKEN) or --token-file: argv is visible to every user of the machine")
+      ->envname("ERRAND_TOKEN");
+  app.add_option("--token-file", f->token_file,
+                 "read the bearer token from the first line of this file (wins over --token)")
+      ->envname("ERRAND_TOKEN_FILE");
 }
 
 // Copies the flags into `co`, reading --token-file (its first line).
