@@ -908,8 +908,16 @@ TEST_F(TlsTest, ServerTlsAcceptsClientsThatTrustItsCa) {
   auto got = (*c)->Get(*id);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(got->payload(), "hello");
-  o.tls_ca_file = certs_.rogue_ca;
+  // tls_server_name: the name checked against the certificate.
+  o.tls_server_name = "localhost";
+  auto named = errand::Client::Connect(o);
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_TRUE((*named)->Enqueue(NewJob("tls-lib")).ok());
+  o.tls_server_name = "not-this-broker.example";
   o.connect_timeout = 1s;
+  EXPECT_EQ(errand::Client::Connect(o).status().code(), absl::StatusCode::kUnavailable);
+  o.tls_server_name.clear();
+  o.tls_ca_file = certs_.rogue_ca;
   auto bad = errand::Client::Connect(o);
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(bad.status().message().find("over TLS"), std::string::npos) << bad.status();
