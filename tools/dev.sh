@@ -18,6 +18,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
   librocksdb-dev libasio-dev libcli11-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libssl-dev openssl  # token hashing; the TLS tests make certificates with openssl
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -485,6 +485,11 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
   });
 }
 
+const std::string* Engine::JobQueue(uint64_t id) const {
+  JobEntry* e = Find(id);
+  return e == nullptr ? nullptr : &e->job.queue();
+}
+
 absl::StatusOr<v1::Job> Engine::GetJob(uint64_t id) const {
   JobEntry* e = Find(id);
   if (e == nullptr) return absl::NotFoundError("job " + store::FormatJobId(id) + " not found");

@@ -173,6 +173,10 @@ class Engine {
   // The job's committed state; NOT_FOUND when unknown.
   absl::StatusOr<v1::Job> GetJob(uint64_t id) const;
 
+  // The queue of a known job, or nullptr; valid until the next call into
+  // the engine. Cheap (no copy): used by per-queue token checks.
+  const std::string* JobQueue(uint64_t id) const;
+
   // Leases up to spec.max_jobs ready jobs, waiting up to spec.wait for the
   // first. Returns an id for CancelLeaseWait when the call waits, else 0.
   uint64_t Lease(LeaseSpec spec, LeaseDone done);
