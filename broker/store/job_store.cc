@@ -199,13 +199,42 @@ void JobStore::RunCompactions() {
   }
 }
 
-absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
-  rocksdb::WriteOptions wo;
-  wo.sync = sync;
-  return FromRocks(db_->Write(wo, batch), "commit");
+void JobStore::NoteWriteResult(const rocksdb::Status& rs, const absl::Status& s) {
+  // An I/O error (full disk, failed fsync) puts RocksDB into its background
+  // error state; other errors (a bad batch) leave it writable.
+  if (rs.IsIOError() && write_error_.ok()) write_error_ = s;
 }
 
-absl::Status JobStore::SyncWAL() { return FromRocks(db_->SyncWAL(), "syncing WAL"); }
+absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
+  if (!write_error_.ok()) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_resume_ < kResumeInterval) return write_error_;
+    last_resume_ = now;
+    // Flushes the memtables to new files and switches to a new WAL; fails
+    // (changing nothing) while the disk is still full.
+    rocksdb::Status rs = db_->Resume();
+    if (!rs.ok()) {
+      absl::Status s = FromRocks(rs, "commit (resuming after a write error)");
+      if (absl::IsResourceExhausted(s)) write_error_ = s;
+      return write_error_;
+    }
+    write_error_ = absl::OkStatus();
+  }
+  rocksdb::WriteOptions wo;
+  wo.sync = sync;
+  rocksdb::Status rs = db_->Write(wo, batch);
+  absl::Status s = FromRocks(rs, "commit");
+  NoteWriteResult(rs, s);
+  return s;
+}
+
+absl::Status JobStore::SyncWAL() {
+  if (!write_error_.ok()) return write_error_;
+  rocksdb::Status rs = db_->SyncWAL();
+  absl::Status s = FromRocks(rs, "syncing WAL");
+  NoteWriteResult(rs, s);
+  return s;
+}
 
 absl::Status JobStore::Close() {
   if (closed_ || !db_) return absl::OkStatus();
@@ -219,7 +248,12 @@ absl::Status JobStore::Close() {
     compactor_.join();
   }
   closed_ = true;
-  absl::Status result = FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL");
+  // After a write error the WAL must not be touched again: what it holds
+  // was either acknowledged (and synced as promised) or answered with the
+  // error.
+  absl::Status result = write_error_.ok()
+                            ? FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL")
+                            : write_error_;
   for (auto* h : {default_cf_, jobs_cf_, events_cf_}) {
     if (h != nullptr) db_->DestroyColumnFamilyHandle(h);
   }

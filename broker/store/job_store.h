@@ -7,6 +7,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/write_batch.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -66,9 +67,19 @@ class JobStore {
   uint64_t jobs_compactions() const;
 
   // Writes `batch`; with `sync`, returns only after the WAL is fsynced.
+  //
+  // A failed write or WAL sync stops RocksDB (its background error; a full
+  // disk gives RESOURCE_EXHAUSTED "disk full: ..."). Later writes then try
+  // DB::Resume() (at most once per `kResumeInterval`) and fail fast with the
+  // same error until it succeeds, so the store accepts writes again without
+  // a restart once space is freed.
   absl::Status Write(rocksdb::WriteBatch* batch, bool sync);
-  // Makes every write so far durable.
+  // Makes every write so far durable. Fails at once while the store is
+  // stopped by a write error (RocksDB must not touch a failed WAL again).
   absl::Status SyncWAL();
+  // The error that stopped writes, OK while writes work. Commit thread.
+  const absl::Status& write_error() const { return write_error_; }
+  static constexpr std::chrono::milliseconds kResumeInterval{200};
   // RocksDB's sequence number of the last committed write.
   uint64_t LatestSequence() const { return db_->GetLatestSequenceNumber(); }
 
@@ -88,6 +99,11 @@ class JobStore {
   rocksdb::ColumnFamilyHandle* events_cf_ = nullptr;
   uint64_t boot_epoch_ = 0;
   bool closed_ = false;
+
+  // Write-error recovery (commit thread only, then Close).
+  absl::Status write_error_;
+  std::chrono::steady_clock::time_point last_resume_{};
+  void NoteWriteResult(const rocksdb::Status& rs, const absl::Status& s);
 
   void RunCompactions();
   mutable absl::Mutex compact_mu_;
