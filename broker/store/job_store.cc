@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "store/keys.h"
+#include "store/rocks_logger.h"
 #include "store/rocks_status.h"
 
 namespace errand::store {
@@ -55,6 +56,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.info_log = std::make_shared<RocksLogger>(db_options.info_log_level);
   if (options.env != nullptr) db_options.env = options.env;
 
   rocksdb::ColumnFamilyOptions cf_options;
