@@ -253,9 +253,8 @@ absl::Status JobStore::Close() {
   // After a write error the WAL must not be touched again: what it holds
   // was either acknowledged (and synced as promised) or answered with the
   // error.
-  absl::Status result = write_error_.ok()
-                            ? FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL")
-                            : write_error_;
+  absl::Status result =
+      write_error_.ok() ? FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL") : write_error_;
   for (auto* h : {default_cf_, jobs_cf_, events_cf_}) {
     if (h != nullptr) db_->DestroyColumnFamilyHandle(h);
   }

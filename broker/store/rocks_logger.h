@@ -29,11 +29,20 @@ class RocksLogger final : public rocksdb::Logger {
     std::vsnprintf(line, sizeof line, format, ap);
     spdlog::level::level_enum to = spdlog::level::info;
     switch (level) {
-      case rocksdb::InfoLogLevel::DEBUG_LEVEL: to = spdlog::level::debug; break;
-      case rocksdb::InfoLogLevel::WARN_LEVEL: to = spdlog::level::warn; break;
-      case rocksdb::InfoLogLevel::ERROR_LEVEL: to = spdlog::level::err; break;
-      case rocksdb::InfoLogLevel::FATAL_LEVEL: to = spdlog::level::critical; break;
-      default: break;
+      case rocksdb::InfoLogLevel::DEBUG_LEVEL:
+        to = spdlog::level::debug;
+        break;
+      case rocksdb::InfoLogLevel::WARN_LEVEL:
+        to = spdlog::level::warn;
+        break;
+      case rocksdb::InfoLogLevel::ERROR_LEVEL:
+        to = spdlog::level::err;
+        break;
+      case rocksdb::InfoLogLevel::FATAL_LEVEL:
+        to = spdlog::level::critical;
+        break;
+      default:
+        break;
     }
     spdlog::log(to, "rocksdb: {}", line);
   }

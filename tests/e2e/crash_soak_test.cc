@@ -31,8 +31,7 @@ constexpr int kProducers = 3;
 constexpr int kWorkers = 3;
 
 bool IsTerminalEvent(v1::EventType t) {
-  return t == v1::EVENT_TYPE_SUCCEEDED || t == v1::EVENT_TYPE_DEAD ||
-         t == v1::EVENT_TYPE_CANCELLED;
+  return t == v1::EVENT_TYPE_SUCCEEDED || t == v1::EVENT_TYPE_DEAD || t == v1::EVENT_TYPE_CANCELLED;
 }
 
 class CrashSoakE2E : public ::testing::TestWithParam<std::string> {
@@ -219,8 +218,8 @@ TEST_P(CrashSoakE2E, AcknowledgedJobsEndExactlyOnceAndResumingSubscriberSeesNoGa
     unfinished = 0;
     for (const auto& [id, payload] : acked) {
       v1::Job job;
-      if (!c->GetJob(id, &job).ok() || !(job.state() == v1::JOB_STATE_SUCCEEDED ||
-                                         job.state() == v1::JOB_STATE_DEAD)) {
+      if (!c->GetJob(id, &job).ok() ||
+          !(job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_DEAD)) {
         unfinished++;
       }
     }
@@ -287,8 +286,7 @@ TEST_P(CrashSoakE2E, AcknowledgedJobsEndExactlyOnceAndResumingSubscriberSeesNoGa
     }
     if (succeeded_attempts != (job.state() == v1::JOB_STATE_SUCCEEDED ? 1 : 0)) {
       if (++bad_history <= 5) {
-        ADD_FAILURE() << "job " << id << " has " << succeeded_attempts
-                      << " successful attempts:\n"
+        ADD_FAILURE() << "job " << id << " has " << succeeded_attempts << " successful attempts:\n"
                       << job.DebugString();
       }
     }
@@ -306,8 +304,8 @@ TEST_P(CrashSoakE2E, AcknowledgedJobsEndExactlyOnceAndResumingSubscriberSeesNoGa
     ASSERT_EQ(log_seqs[i], log_seqs[i - 1] + 1) << "gap in the broker's event log";
   }
   for (const auto& [id, payload] : acked) {
-    EXPECT_EQ(terminal_events[id], 1) << "job " << id << " has " << terminal_events[id]
-                                      << " terminal events";
+    EXPECT_EQ(terminal_events[id], 1)
+        << "job " << id << " has " << terminal_events[id] << " terminal events";
   }
 
   // 4. The resuming subscriber saw the same gap-free sequence.
@@ -325,9 +323,11 @@ TEST_P(CrashSoakE2E, AcknowledgedJobsEndExactlyOnceAndResumingSubscriberSeesNoGa
     v1::Job job;
     if (c->GetJob(id, &job).ok() && job.state() == v1::JOB_STATE_DEAD) dead++;
   }
-  std::printf("%d kills in %lld ms: %zu acknowledged jobs (%zu dead), %zu events, %d subscriber reconnects\n",
-              kKills, static_cast<long long>(Since(soak_start).count()), acked.size(), dead,
-              seen_.size(), resumes_);
+  std::printf(
+      "%d kills in %lld ms: %zu acknowledged jobs (%zu dead), %zu events, %d subscriber "
+      "reconnects\n",
+      kKills, static_cast<long long>(Since(soak_start).count()), acked.size(), dead, seen_.size(),
+      resumes_);
 }
 
 INSTANTIATE_TEST_SUITE_P(Commit, CrashSoakE2E, ::testing::Values("sync", "async"),

@@ -314,8 +314,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
       if (s.ok()) fs_->DirSynced(name_);
       return s;
     }
-    rocksdb::IOStatus FsyncWithDirOptions(const rocksdb::IOOptions& o,
-                                          rocksdb::IODebugContext* dbg,
+    rocksdb::IOStatus FsyncWithDirOptions(const rocksdb::IOOptions& o, rocksdb::IODebugContext* dbg,
                                           const rocksdb::DirFsyncOptions& d) override {
       if (!fs_->Tick()) return Dead();
       rocksdb::IOStatus s = rocksdb::FSDirectoryWrapper::FsyncWithDirOptions(o, dbg, d);

@@ -11,8 +11,8 @@
 // Cut points come from a seeded generator; the seed is printed, and
 // ERRAND_POWER_CUT_SEED=<n> replays one.
 
-#include <gtest/gtest.h>
 #include <google/protobuf/util/message_differencer.h>
+#include <gtest/gtest.h>
 #include <rocksdb/env.h>
 #include <sys/stat.h>
 
@@ -86,8 +86,8 @@ class PowerCutTest : public ::testing::Test {
   // last cut, and starts a pipeline and an engine on it.
   void Boot(SyncMode mode) {
     auto store = store::JobStore::Open({path_, env_.get()});
-    ASSERT_TRUE(store.ok()) << "store did not reopen after a power cut: " << store.status()
-                            << "\n" << cut_log_;
+    ASSERT_TRUE(store.ok()) << "store did not reopen after a power cut: " << store.status() << "\n"
+                            << cut_log_;
     store_ = std::move(*store);
     CheckStore(mode);
     if (HasFatalFailure() || HasFailure()) return;
@@ -186,8 +186,7 @@ class PowerCutTest : public ::testing::Test {
                        if (!r.ok()) return;
                        const auto now = std::chrono::steady_clock::now();
                        for (size_t i = 0; i < r->job_ids.size(); ++i) {
-                         acked_jobs_[store::ParseJobId(r->job_ids[i]).value()] = {payloads[i],
-                                                                                 now};
+                         acked_jobs_[store::ParseJobId(r->job_ids[i]).value()] = {payloads[i], now};
                        }
                      });
   }
@@ -274,8 +273,8 @@ class PowerCutTest : public ::testing::Test {
           << events[le->second].DebugString();
     }
     for (const auto& [id, seq] : last_event_of_job) {
-      EXPECT_EQ(jobs.count(id), 1u) << "event " << seq << " names job " << id
-                                    << " that is not stored";
+      EXPECT_EQ(jobs.count(id), 1u)
+          << "event " << seq << " names job " << id << " that is not stored";
     }
 
     // Acknowledged writes. In async mode a loss is allowed only for what was
@@ -305,8 +304,7 @@ class PowerCutTest : public ::testing::Test {
         continue;
       }
       if (!allowed_loss(it2->second.at)) {
-        ADD_FAILURE() << "acknowledged completion of job " << it2->first << " lost\n"
-                      << cut_log_;
+        ADD_FAILURE() << "acknowledged completion of job " << it2->first << " lost\n" << cut_log_;
       }
       lost_++;
       it2 = acked_completions_.erase(it2);
@@ -341,8 +339,8 @@ class PowerCutTest : public ::testing::Test {
       const v1::JobState stored = rec.job().state();
       EXPECT_TRUE(job->state() == stored || stored == v1::JOB_STATE_LEASED ||
                   (stored == v1::JOB_STATE_SCHEDULED && job->state() == v1::JOB_STATE_READY))
-          << "job " << id << " recovered as " << v1::JobState_Name(job->state())
-          << ", stored as " << v1::JobState_Name(stored);
+          << "job " << id << " recovered as " << v1::JobState_Name(job->state()) << ", stored as "
+          << v1::JobState_Name(stored);
       return absl::OkStatus();
     });
     EXPECT_TRUE(s.ok()) << s;
@@ -367,8 +365,8 @@ class PowerCutTest : public ::testing::Test {
       if (HasFailure()) return;
     }
     Boot(mode);  // checks the last round
-    std::printf("%d cuts, %llu acknowledged jobs and %llu completions kept, %llu losses\n",
-                rounds, static_cast<unsigned long long>(acked_jobs_.size()),
+    std::printf("%d cuts, %llu acknowledged jobs and %llu completions kept, %llu losses\n", rounds,
+                static_cast<unsigned long long>(acked_jobs_.size()),
                 static_cast<unsigned long long>(acked_completions_.size()),
                 static_cast<unsigned long long>(lost_));
   }
