@@ -154,11 +154,6 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   uint64_t seq = first_seq;
   for (Item& item : group) {
     sync = sync || item.mutation.sync;
-    // Events go out to subscribers as soon as their write commits, and a
-    // sequence number a subscriber saw must never be lost and then reused
-    // for another event: in sync mode a write that carries events is
-    // fsynced even when its own change need not be (a lease).
-    sync = sync || (options_.mode == SyncMode::kAlways && !item.mutation.events.empty());
     for (const WriteOp& op : item.mutation.ops) {
       rocksdb::ColumnFamilyHandle* cf = op.cf == Cf::kJobs     ? store_->jobs_cf()
                                         : op.cf == Cf::kEvents ? store_->events_cf()

@@ -613,7 +613,11 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
 
   const auto now = clock_.Now();
   commit::Mutation m;
-  m.sync = false;  // leases need not be durable; the WAL write survives a crash
+  // Leases need not be durable (the WAL write survives a crash), but their
+  // events go to subscribers at once, and an event a subscriber saw must not
+  // vanish in a power loss (its sequence number would then be reused): the
+  // broker's default applies.
+  m.sync = options_.sync_by_default;
   struct Pick {
     uint64_t id;
     uint64_t token;
@@ -896,7 +900,8 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
     *job.mutable_progress() = std::move(*progress);
     *job.mutable_updated_at() = ToProto(now);
     *job.mutable_lease_deadline() = ToProto(deadline);
-    CommitJob(e, std::move(job), v1::EVENT_TYPE_PROGRESS, /*sync=*/false,
+    // The event goes to subscribers: the broker's default (see StartLease).
+    CommitJob(e, std::move(job), v1::EVENT_TYPE_PROGRESS, options_.sync_by_default,
               [apply_deadline, deadline, done = std::move(done)](const absl::Status& s,
                                                                   JobEntry& e) {
                 if (!s.ok()) {
@@ -944,7 +949,8 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
     v1::EventType type = cancelled                              ? v1::EVENT_TYPE_CANCELLED
                          : job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
                                                              : v1::EVENT_TYPE_RETRY_SCHEDULED;
-    CommitJob(e, std::move(job), type, /*sync=*/false,
+    // The event goes to subscribers: the broker's default (see StartLease).
+    CommitJob(e, std::move(job), type, options_.sync_by_default,
               [this, cancelled](const absl::Status& s, JobEntry& e) {
                 if (!s.ok()) {
                   // Try again at the next tick; the job stays leased meanwhile.
@@ -1353,7 +1359,9 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
   if (due.empty()) return;
   auto ids = std::make_shared<std::vector<uint64_t>>();
   commit::Mutation m;
-  m.sync = false;  // a deletion lost to a power loss is simply redone
+  // A deletion lost to a power loss would simply be redone, but its events
+  // went to subscribers: the broker's default (see StartLease).
+  m.sync = options_.sync_by_default;
   for (uint64_t id : due) {
     JobEntry* e = Find(id);
     if (e == nullptr) continue;
