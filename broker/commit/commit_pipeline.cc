@@ -141,6 +141,10 @@ void CommitPipeline::Run() {
       if (store_->SyncWAL().ok()) {
         fsyncs_++;
         unsynced_ = false;
+      } else {
+        // A stopped store (full disk) fails at once: retry an interval
+        // later instead of spinning.
+        first_unsynced_ = std::chrono::steady_clock::now();
       }
     }
     if (stop) return;
