@@ -176,6 +176,14 @@ TEST_P(DiskFullE2E, FullDiskRefusesWritesWithResourceExhaustedKeepsReadsAndRecov
     ASSERT_TRUE(first.has_value()) << "a subscriber could not read the event log";
     EXPECT_EQ(first->type(), v1::EVENT_TYPE_ENQUEUED);
   }
+  {
+    // Leasing writes the attempt: refused the same way, the jobs stay READY.
+    v1::LeaseResponse resp;
+    grpc::Status s = client_->Lease(LeaseReq({kQueue}, 1), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Show(s);
+    EXPECT_NE(s.error_message().find("disk full"), std::string::npos) << Show(s);
+    EXPECT_EQ(client_->Stats(kQueue).leased(), 1u);
+  }
   // Completing the leased job needs a write: refused as disk full (the
   // lease stays), unless it still fitted.
   grpc::Status completed = client_->Complete(lease.job().id(), lease.lease_token(), "done");
