@@ -101,7 +101,8 @@ bool CommitPipeline::Idle() const {
 }
 
 CommitPipeline::Stats CommitPipeline::stats() const {
-  return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load()};
+  return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load(),
+               failed_syncs_.load()};
 }
 
 void CommitPipeline::Run() {
@@ -144,6 +145,7 @@ void CommitPipeline::Run() {
       } else {
         // A stopped store (full disk) fails at once: retry an interval
         // later instead of spinning.
+        failed_syncs_++;
         first_unsynced_ = std::chrono::steady_clock::now();
       }
     }

@@ -93,6 +93,8 @@ class CommitPipeline {
     uint64_t groups = 0;   // RocksDB writes
     uint64_t fsyncs = 0;   // synced writes + background WAL syncs
     uint64_t failed = 0;   // mutations whose write failed
+    // Background WAL syncs that failed (a stopped store: full disk).
+    uint64_t failed_syncs = 0;
   };
 
   // `store` must outlive the pipeline. `post` runs the result closures; it
@@ -157,6 +159,7 @@ class CommitPipeline {
   std::atomic<uint64_t> first_event_seq_{0};
   std::chrono::steady_clock::time_point last_trim_{};
   std::atomic<uint64_t> writes_{0}, groups_{0}, fsyncs_{0}, failed_{0};
+  std::atomic<uint64_t> failed_syncs_{0};
   std::thread thread_;
 };
 

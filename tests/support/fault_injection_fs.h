@@ -59,6 +59,11 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
     std::lock_guard<std::mutex> lock(mu_);
     cut_after_ = ops;
   }
+  // Cuts the power at the next Sync/Fsync of a file (that call fails).
+  void ArmPowerCutOnSync() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cut_on_sync_ = true;
+  }
   // Cuts the power now.
   void PowerCut() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -117,6 +122,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
     replaced_.clear();
     powered_ = true;
     cut_after_ = 0;
+    cut_on_sync_ = false;
     return log.str();
   }
 
@@ -291,7 +297,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
    private:
     template <typename F>
     rocksdb::IOStatus DoSync(F sync) {
-      if (!fs_->Tick()) return Dead();
+      if (!fs_->TickSync() || !fs_->Tick()) return Dead();
       // Only what was appended before the sync started is covered by it.
       const auto started = std::chrono::steady_clock::now();
       const uint64_t upto = fs_->Written(name_);
@@ -352,6 +358,15 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
     }
     return true;
   }
+  // False (cutting the power) when a cut is armed for the next sync.
+  bool TickSync() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cut_on_sync_) {
+      cut_on_sync_ = false;
+      CutLocked();
+    }
+    return powered_;
+  }
   void CutLocked() {
     if (!powered_) return;
     powered_ = false;
@@ -396,6 +411,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
   mutable std::mutex mu_;
   bool powered_ = true;
   uint64_t cut_after_ = 0;
+  bool cut_on_sync_ = false;
   SteadyTime cut_time_{};
   SteadyTime last_wal_sync_start_{};
   uint64_t wal_syncs_ = 0;

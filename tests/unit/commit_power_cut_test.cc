@@ -393,6 +393,42 @@ class PowerCutTest : public ::testing::Test {
   std::string cut_log_;
 };
 
+// A background WAL sync that fails (the store stopped: power cut, full disk)
+// is retried once per sync interval, not in a busy loop.
+TEST_F(PowerCutTest, FailedBackgroundSyncIsRetriedOncePerInterval) {
+  auto store = store::JobStore::Open({path_, env_.get()});
+  ASSERT_TRUE(store.ok()) << store.status();
+  store_ = std::move(*store);
+  CommitPipeline::Options popts;
+  popts.mode = SyncMode::kInterval;
+  popts.sync_interval = milliseconds(50);
+  pipeline_ = std::make_unique<CommitPipeline>(
+      store_.get(), popts, [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); }, 0,
+      0);
+  pipeline_->Start();
+  fs_->ArmPowerCutOnSync();
+  Mutation m;
+  m.sync = false;
+  m.ops.push_back({Cf::kDefault, "k", std::string("v")});
+  std::optional<absl::Status> written;
+  pipeline_->Submit(std::move(m), [&](CommitResult&& r) { written = r.status; });
+  ASSERT_TRUE(RunUntil([&] { return written.has_value(); }));
+  ASSERT_TRUE(written->ok()) << *written;
+  ASSERT_TRUE(RunUntil([&] { return !fs_->powered(); })) << "no background sync ran";
+  const auto start = std::chrono::steady_clock::now();
+  RunUntil([] { return false; }, milliseconds(500));
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  const uint64_t failed = pipeline_->stats().failed_syncs;
+  EXPECT_GE(failed, 1u);
+  // At most one try per interval (plus the first); a spin makes millions.
+  EXPECT_LE(failed, 2 + static_cast<uint64_t>(elapsed / popts.sync_interval)) << failed;
+  pipeline_->Stop();
+  io_.poll();
+  pipeline_.reset();
+  store_->Close().IgnoreError();
+  store_.reset();
+}
+
 TEST_F(PowerCutTest, SyncModeLosesNoAcknowledgedEnqueueCompletionOrEvent) {
   RunRounds(SyncMode::kAlways, 20);
   EXPECT_EQ(lost_, 0u);
