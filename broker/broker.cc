@@ -133,6 +133,20 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     raw->core_.run();
   });
   RunOnCore(b->core_, [raw] { raw->engine_->Start(); });
+  // Start releases the jobs that were leased when the broker went down,
+  // with writes of their own (fsynced in sync mode: they carry events).
+  // Serve once those committed, so that the first reads see the jobs READY.
+  // Idle must be seen twice in a row (see Stop); bounded.
+  {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    int idle_in_a_row = 0;
+    while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
+      bool idle = false;
+      RunOnCore(b->core_, [raw, &idle] { idle = raw->pipeline_->Idle(); });
+      idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
+      if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
 
   auto& ctx = b->ctx_;
   ctx.core = &b->core_;

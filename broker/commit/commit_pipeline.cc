@@ -154,7 +154,12 @@ void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
 }
 
 void CommitPipeline::RunSyncer() {
+  // How long results wait for a failing fsync to succeed (the store
+  // recovers by itself from a full disk once space is freed) before they get
+  // the error.
+  constexpr auto kHoldFailing = std::chrono::seconds(2);
   std::vector<Pending> batch;
+  std::chrono::steady_clock::time_point failing_since{};
   for (;;) {
     bool stopping = false;
     {
@@ -172,19 +177,29 @@ void CommitPipeline::RunSyncer() {
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
     absl::Status s = store_->SyncWAL();
+    const auto now = std::chrono::steady_clock::now();
     if (s.ok()) {
       fsyncs_++;
+      failing_since = {};
       Deliver(std::move(batch), /*synced=*/true, absl::OkStatus());
       batch.clear();
-    } else if (stopping) {
-      Deliver(std::move(batch), /*synced=*/false, s);
-      batch.clear();
     } else {
-      // Keep the batch and try again (SyncWAL recovers the store once it
-      // can); new arrivals join it.
-      absl::MutexLock lock(&sync_mu_);
-      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return sync_stop_; };
-      sync_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
+      failed_syncs_++;
+      if (failing_since == std::chrono::steady_clock::time_point{}) failing_since = now;
+      if (stopping || now - failing_since >= kHoldFailing) {
+        // The writes may still reach the disk (a later recovery flushes
+        // them), so the callers learn that their outcome is unknown.
+        Deliver(std::move(batch), /*synced=*/false,
+                absl::Status(s.code(), "not known to be durable: " + std::string(s.message())));
+        batch.clear();
+        failing_since = {};
+      } else {
+        // Keep the batch and try again (SyncWAL recovers the store once it
+        // can); new arrivals join it.
+        absl::MutexLock lock(&sync_mu_);
+        auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return sync_stop_; };
+        sync_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
+      }
     }
     absl::MutexLock lock(&sync_mu_);
     syncing_ = !batch.empty();
@@ -192,7 +207,8 @@ void CommitPipeline::RunSyncer() {
 }
 
 CommitPipeline::Stats CommitPipeline::stats() const {
-  return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load()};
+  return Stats{writes_.load(), groups_.load(), fsyncs_.load(), failed_.load(),
+               failed_syncs_.load()};
 }
 
 void CommitPipeline::Run() {
@@ -232,6 +248,11 @@ void CommitPipeline::Run() {
       if (store_->SyncWAL().ok()) {
         fsyncs_++;
         unsynced_ = false;
+      } else {
+        // A stopped store (full disk) fails at once: retry an interval
+        // later instead of spinning.
+        failed_syncs_++;
+        first_unsynced_ = std::chrono::steady_clock::now();
       }
     }
     if (stop) return;

@@ -70,10 +70,11 @@ struct CommitResult {
 //    the others are handed to the syncer.
 //  - the syncer fsyncs the WAL (DB::SyncWAL) for every group handed over
 //    since its previous fsync, then delivers their results.
-// So the writer writes group N+1 while the syncer fsyncs group N, concurrent
-// sync writers share fsyncs (under load the number of fsyncs per write falls
-// well below one), and an async write (a lease, say) never waits behind
-// somebody else's fsync.
+// Concurrent sync writers share fsyncs (under load the number of fsyncs per
+// write falls well below one), and an async write (a lease, say) is
+// acknowledged as soon as it is written, not after the fsync of its group.
+// (The store serializes writes and fsyncs, see JobStore, so a write may still
+// wait for an fsync in progress.)
 //
 // Events: every committed event goes to the event sink (through `post`),
 // never to the result. In kAlways mode an event is handed on only once it is
@@ -90,10 +91,12 @@ struct CommitResult {
 // acknowledged only after the fsync.
 //
 // A failed fsync (or a write error after the write, e.g. a full disk) holds
-// the sync results: the syncer retries, and JobStore::SyncWAL recovers the
-// store once it can (RocksDB then flushes the memtables, which makes the
-// held writes durable), so they are acknowledged only when durable. At Stop,
-// results still held get the error.
+// the sync results: the syncer retries every 100 ms, and JobStore::SyncWAL
+// recovers the store once it can (RocksDB then flushes the memtables, which
+// makes the held writes durable), so they are acknowledged only when
+// durable. After 2 s (or at Stop) they get the error instead, with
+// "not known to be durable" in its message: the write may still reach the
+// disk.
 //
 // Thread: Submit may be called from any thread. The mutexes guard the queues
 // only; writes and fsyncs run outside them.
@@ -122,6 +125,8 @@ class CommitPipeline {
     uint64_t groups = 0;   // RocksDB writes
     uint64_t fsyncs = 0;   // synced writes + background WAL syncs
     uint64_t failed = 0;   // mutations whose write failed
+    // WAL syncs that failed (a stopped store: full disk); retried.
+    uint64_t failed_syncs = 0;
   };
 
   // `store` must outlive the pipeline. `post` runs the result closures; it
@@ -211,6 +216,7 @@ class CommitPipeline {
   std::atomic<uint64_t> first_event_seq_{0};
   std::chrono::steady_clock::time_point last_trim_{};
   std::atomic<uint64_t> writes_{0}, groups_{0}, fsyncs_{0}, failed_{0};
+  std::atomic<uint64_t> failed_syncs_{0};
   std::thread thread_;
 };
 

@@ -612,7 +612,11 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
 
   const auto now = clock_.Now();
   commit::Mutation m;
-  m.sync = false;  // leases need not be durable; the WAL write survives a crash
+  // Leases need not be durable: the WAL write survives a crash, and the
+  // lease is delivered without waiting for an fsync. Its event reaches
+  // subscribers only once fsynced in sync mode (the commit pipeline holds
+  // it), so a sequence number a subscriber saw is never reused.
+  m.sync = false;
   struct Pick {
     uint64_t id;
     uint64_t token;
@@ -894,6 +898,8 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
     *job.mutable_progress() = std::move(*progress);
     *job.mutable_updated_at() = ToProto(now);
     *job.mutable_lease_deadline() = ToProto(deadline);
+    // Progress need not be durable; its event waits for an fsync in sync
+    // mode all the same (see StartLease).
     CommitJob(e, std::move(job), v1::EVENT_TYPE_PROGRESS, /*sync=*/false,
               [apply_deadline, deadline, done = std::move(done)](const absl::Status& s,
                                                                   JobEntry& e) {
@@ -942,6 +948,8 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
     v1::EventType type = cancelled                              ? v1::EVENT_TYPE_CANCELLED
                          : job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
                                                              : v1::EVENT_TYPE_RETRY_SCHEDULED;
+    // A lost expiry is redone after a restart (the job is LEASED on disk);
+    // its event waits for an fsync in sync mode all the same (see StartLease).
     CommitJob(e, std::move(job), type, /*sync=*/false,
               [this, cancelled](const absl::Status& s, JobEntry& e) {
                 if (!s.ok()) {
@@ -1351,7 +1359,9 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
   if (due.empty()) return;
   auto ids = std::make_shared<std::vector<uint64_t>>();
   commit::Mutation m;
-  m.sync = false;  // a deletion lost to a power loss is simply redone
+  // A deletion lost to a power loss is simply redone; its events wait for an
+  // fsync in sync mode all the same (see StartLease).
+  m.sync = false;
   for (uint64_t id : due) {
     JobEntry* e = Find(id);
     if (e == nullptr) continue;

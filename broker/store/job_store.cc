@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "store/keys.h"
+#include "store/rocks_logger.h"
 #include "store/rocks_status.h"
 #include "util/thread_name.h"
 
@@ -56,6 +57,7 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.info_log = std::make_shared<RocksLogger>(db_options.info_log_level);
   if (options.env != nullptr) db_options.env = options.env;
 
   rocksdb::ColumnFamilyOptions cf_options;
@@ -203,13 +205,56 @@ void JobStore::RunCompactions() {
   }
 }
 
-absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
-  rocksdb::WriteOptions wo;
-  wo.sync = sync;
-  return FromRocks(db_->Write(wo, batch), "commit");
+void JobStore::NoteWriteResult(const rocksdb::Status& rs, const absl::Status& s) {
+  // An I/O error (full disk, failed fsync) puts RocksDB into its background
+  // error state; other errors (a bad batch) leave it writable.
+  if (!rs.IsIOError()) return;
+  absl::MutexLock lock(&error_mu_);
+  if (write_error_.ok()) write_error_ = s;
 }
 
-absl::Status JobStore::SyncWAL() { return FromRocks(db_->SyncWAL(), "syncing WAL"); }
+absl::Status JobStore::write_error() const {
+  absl::MutexLock lock(&error_mu_);
+  return write_error_;
+}
+
+absl::Status JobStore::CheckWriteError(const char* what) {
+  absl::MutexLock lock(&error_mu_);
+  if (write_error_.ok()) return write_error_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_resume_ < kResumeInterval) return write_error_;
+  last_resume_ = now;
+  // Flushes the memtables to new files and switches to a new WAL; fails
+  // (changing nothing) while the disk is still full.
+  rocksdb::Status rs = db_->Resume();
+  if (!rs.ok()) {
+    absl::Status s = FromRocks(rs, std::string(what) + " (resuming after a write error)");
+    if (absl::IsResourceExhausted(s)) write_error_ = s;
+    return write_error_;
+  }
+  write_error_ = absl::OkStatus();
+  return write_error_;
+}
+
+absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
+  absl::MutexLock wal_lock(&wal_mu_);
+  if (absl::Status s = CheckWriteError("commit"); !s.ok()) return s;
+  rocksdb::WriteOptions wo;
+  wo.sync = sync;
+  rocksdb::Status rs = db_->Write(wo, batch);
+  absl::Status s = FromRocks(rs, "commit");
+  NoteWriteResult(rs, s);
+  return s;
+}
+
+absl::Status JobStore::SyncWAL() {
+  absl::MutexLock wal_lock(&wal_mu_);
+  if (absl::Status s = CheckWriteError("syncing WAL"); !s.ok()) return s;
+  rocksdb::Status rs = db_->SyncWAL();
+  absl::Status s = FromRocks(rs, "syncing WAL");
+  NoteWriteResult(rs, s);
+  return s;
+}
 
 absl::Status JobStore::Close() {
   if (closed_ || !db_) return absl::OkStatus();
@@ -223,7 +268,12 @@ absl::Status JobStore::Close() {
     compactor_.join();
   }
   closed_ = true;
-  absl::Status result = FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL");
+  // After a write error the WAL must not be touched again: what it holds
+  // was either acknowledged (and synced as promised) or answered with the
+  // error.
+  absl::Status error = write_error();
+  absl::Status result =
+      error.ok() ? FromRocks(db_->FlushWAL(/*sync=*/true), "flushing WAL") : error;
   for (auto* h : {default_cf_, jobs_cf_, events_cf_}) {
     if (h != nullptr) db_->DestroyColumnFamilyHandle(h);
   }

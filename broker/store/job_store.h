@@ -7,6 +7,7 @@
 #include <rocksdb/env.h>
 #include <rocksdb/write_batch.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -66,9 +67,21 @@ class JobStore {
   uint64_t jobs_compactions() const;
 
   // Writes `batch`; with `sync`, returns only after the WAL is fsynced.
+  //
+  // A failed write or WAL sync stops RocksDB (its background error; a full
+  // disk gives RESOURCE_EXHAUSTED "disk full: ..."). Later writes then try
+  // DB::Resume() (at most once per `kResumeInterval`) and fail fast with the
+  // same error until it succeeds, so the store accepts writes again without
+  // a restart once space is freed.
   absl::Status Write(rocksdb::WriteBatch* batch, bool sync);
-  // Makes every write so far durable.
+  // Makes every write so far durable. While the store is stopped by a write
+  // error (RocksDB must not touch a failed WAL again) it tries DB::Resume()
+  // like Write; a successful Resume flushes the memtables, which makes every
+  // write so far durable too.
   absl::Status SyncWAL();
+  // The error that stopped writes, OK while writes work.
+  absl::Status write_error() const;
+  static constexpr std::chrono::milliseconds kResumeInterval{200};
   // RocksDB's sequence number of the last committed write.
   uint64_t LatestSequence() const { return db_->GetLatestSequenceNumber(); }
 
@@ -88,6 +101,20 @@ class JobStore {
   rocksdb::ColumnFamilyHandle* events_cf_ = nullptr;
   uint64_t boot_epoch_ = 0;
   bool closed_ = false;
+
+  // Serializes Write and SyncWAL. RocksDB allows a WAL sync concurrent with
+  // writes, but Debian's librocksdb (7.8, built with assertions) aborts when a
+  // WAL that failed in one call is entered by another (a full disk under
+  // load): the power-cut test hit it.
+  absl::Mutex wal_mu_ ABSL_ACQUIRED_BEFORE(error_mu_);
+  // Write-error recovery. Thread: the commit pipeline's writer and syncer.
+  mutable absl::Mutex error_mu_;
+  absl::Status write_error_ ABSL_GUARDED_BY(error_mu_);
+  std::chrono::steady_clock::time_point last_resume_ ABSL_GUARDED_BY(error_mu_){};
+  // OK when writes may go on; otherwise tries DB::Resume() (at most once per
+  // kResumeInterval) and returns the error while it fails.
+  absl::Status CheckWriteError(const char* what);
+  void NoteWriteResult(const rocksdb::Status& rs, const absl::Status& s);
 
   void RunCompactions();
   mutable absl::Mutex compact_mu_;
