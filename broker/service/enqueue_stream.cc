@@ -26,8 +26,8 @@ class EnqueueStreamReactor final
     std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
   };
 
-  explicit EnqueueStreamReactor(const ServiceContext* ctx)
-      : ctx_(ctx), st_(std::make_shared<State>()) {
+  EnqueueStreamReactor(const ServiceContext* ctx, CallLimiter::Slot slot)
+      : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<State>()) {
     st_->reactor = this;
     st_->reading = true;
     StartRead(&request_);
@@ -153,6 +153,7 @@ class EnqueueStreamReactor final
   }
 
   const ServiceContext* const ctx_;
+  CallLimiter::Slot slot_;  // released when gRPC deletes the reactor
   std::shared_ptr<State> st_;
   v1::EnqueueStreamRequest request_;
   v1::EnqueueStreamResponse response_;
@@ -161,8 +162,13 @@ class EnqueueStreamReactor final
 }  // namespace
 
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
-    const ServiceContext* ctx) {
-  return new EnqueueStreamReactor(ctx);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context) {
+  auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
+  if (!slot.ok()) {
+    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
+        ToGrpc(slot.status()));
+  }
+  return new EnqueueStreamReactor(ctx, std::move(*slot));
 }
 
 }  // namespace errand::service

@@ -12,7 +12,8 @@ namespace errand::service {
 // commit pipeline groups them), and writes answers packed: everything that
 // became ready while the previous write was in flight goes in the next one.
 // Thread: reactions post to core; only core writes and finishes.
+// Counts against --max-streams(-per-connection) while open.
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
-    const ServiceContext* ctx);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context);
 
 }  // namespace errand::service

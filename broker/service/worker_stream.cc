@@ -40,8 +40,8 @@ using Session = WorkerRegistry::Session;
 class WorkerStreamReactor final
     : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
  public:
-  WorkerStreamReactor(const ServiceContext* ctx, std::string peer)
-      : ctx_(ctx), st_(std::make_shared<Session>()) {
+  WorkerStreamReactor(const ServiceContext* ctx, std::string peer, CallLimiter::Slot slot)
+      : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<Session>()) {
     st_->reactor = this;
     st_->spec.worker_id = std::move(peer);
     st_->reading = true;
@@ -217,15 +217,7 @@ class WorkerStreamReactor final
           return;
         }
         const auto& h = req.hello();
-        absl::Status s = h.queues_size() == 0 ? absl::InvalidArgumentError("hello.queues is empty")
-                                              : absl::OkStatus();
-        for (int i = 0; s.ok() && i < h.queues_size(); ++i) {
-          s = ValidateQueueName(h.queues(i), "hello.queues[" + std::to_string(i) + "]");
-        }
-        if (s.ok()) {
-          s = ValidateDuration(h.lease_duration(), "hello.lease_duration", kMinLease, kMaxLease,
-                               true);
-        }
+        absl::Status s = ValidateHello(h);
         if (!s.ok()) {
           Close(ctx, st, ToGrpc(s));
           return;
@@ -312,6 +304,7 @@ class WorkerStreamReactor final
   friend class errand::service::WorkerRegistry;
 
   const ServiceContext* const ctx_;
+  CallLimiter::Slot slot_;  // --max-streams; released when gRPC deletes the reactor
   std::shared_ptr<Session> st_;
   v1::ConnectRequest request_;
   v1::ConnectResponse response_;
@@ -347,7 +340,11 @@ void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context) {
-  return new WorkerStreamReactor(ctx, context->peer());
+  auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
+  if (!slot.ok()) {
+    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(slot.status()));
+  }
+  return new WorkerStreamReactor(ctx, context->peer(), std::move(*slot));
 }
 
 }  // namespace errand::service
