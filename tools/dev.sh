@@ -18,6 +18,8 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
   librocksdb-dev libasio-dev libcli11-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  # Fuzz targets (tests/fuzz): clang and its libFuzzer/sanitizer runtimes.
+  clang libclang-rt-14-dev
 )
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -50,6 +52,35 @@ build() {
   cmake --build "$dir" -j "$JOBS"
 }
 
+# Fuzz targets: build them with clang (libFuzzer, ASan, UBSan) in build-fuzz/
+# and run each for FUZZ_SECONDS (default 15) on a copy of its corpus. New
+# inputs go to build-fuzz/found/<target>/, never into the repository. Skipped
+# (with a note) when clang or libFuzzer is missing.
+run_fuzz() {
+  local cxx
+  cxx="$(command -v clang++ || command -v clang++-14 || true)"
+  if [[ -z "$cxx" ]] || ! echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long) { return 0; }' |
+      "$cxx" -x c++ -fsanitize=fuzzer - -o /dev/null 2>/dev/null; then
+    log "clang with libFuzzer not found: fuzz targets skipped"
+    return 0
+  fi
+  local dir="$ROOT/build-fuzz"
+  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+  cmake -S "$ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$cxx" \
+    -DERRAND_FUZZ=ON -DERRAND_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$dir" -j "$JOBS" --target errand_fuzz_targets
+  local t seconds="${FUZZ_SECONDS:-15}"
+  for t in requests records; do
+    log "fuzzing $t for ${seconds}s"
+    mkdir -p "$dir/found/$t"
+    "$dir/tests/fuzz/${t}_fuzz" -max_total_time="$seconds" -runs=5000000 -max_len=65536 \
+      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$dir/found/$t-" \
+      "$dir/found/$t" "$ROOT/tests/fuzz/corpus/$t" 2>"$dir/found/$t.log" ||
+      { tail -50 "$dir/found/$t.log" >&2; log "fuzz target $t failed; see $dir/found/$t.log"; return 1; }
+    grep -E '^stat::number_of_executed_units|^Done' "$dir/found/$t.log" >&2 || true
+  done
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -79,8 +110,9 @@ case "$cmd" in
     done
     build "$dir" "${args[@]}"
     log "running the test suite"
-    cd "$dir"
-    ctest --output-on-failure -j "$JOBS" --timeout 600
+    (cd "$dir" && ctest --output-on-failure -j "$JOBS" --timeout 600)
+    # The fuzz targets run with the plain test command only.
+    if ((${#args[@]} == 0)); then run_fuzz; fi
     ;;
   *)
     sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'

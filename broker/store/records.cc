@@ -9,13 +9,15 @@
 namespace errand::store {
 namespace {
 
-// google.protobuf.Timestamp's range: 0001-01-01 .. 9999-12-31.
-constexpr int64_t kMinTimestampSeconds = -62135596800LL;
-constexpr int64_t kMaxTimestampSeconds = 253402300799LL;
-// Ten thousand years, google.protobuf.Duration's range.
-constexpr int64_t kMaxDurationSeconds = 315576000000LL;
-// The broker converts times to microseconds since the epoch in an int64:
-// anything within +-200,000 years fits; the proto ranges above are tighter.
+// The engine turns stored times into std::chrono::system_clock time points,
+// which count nanoseconds in an int64: +-292 years around 1970. Stored times
+// and durations must stay well inside that (the API itself accepts times at
+// most a year ahead and durations of at most ten years), narrower than the
+// proto types' own ranges (years 1..9999, +-10,000 years): the records fuzz
+// target found a year-2384 event time that overflowed the conversion.
+constexpr int64_t kMaxTimestampSeconds = 9'000'000'000LL;  // 2255-03-14
+constexpr int64_t kMinTimestampSeconds = 0;                // nothing before 1970
+constexpr int64_t kMaxDurationSeconds = 9'000'000'000LL;   // ~285 years
 
 bool ValidTimestamp(const google::protobuf::Timestamp& ts) {
   return ts.seconds() >= kMinTimestampSeconds && ts.seconds() <= kMaxTimestampSeconds &&

@@ -22,7 +22,8 @@ inline constexpr size_t kMaxStoredQueueName = 128;
 
 // Column family "jobs": key be64(id), value JobRecord. The id must be the
 // key's, the state a known one other than UNSPECIFIED, the queue a non-empty
-// name, and every timestamp and duration within the proto ranges.
+// name, every timestamp between 1970 and 2255 and every duration under 285
+// years (so that system_clock arithmetic cannot overflow).
 absl::StatusOr<JobRecord> DecodeJobRecord(std::string_view key, std::string_view value);
 
 // Column family "default", key "meta".

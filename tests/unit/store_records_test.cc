@@ -45,6 +45,9 @@ TEST(RecordsTest, RefusesJobRecordsTheEngineCouldNotIndex) {
   JobRecord far = GoodJob(42);
   far.mutable_job()->mutable_run_at()->set_seconds(INT64_MAX);
   ExpectDataLoss(DecodeJobRecord(key, far.SerializeAsString()).status(), "out of range");
+  JobRecord year_3000 = GoodJob(42);  // a valid Timestamp, past system_clock's range
+  year_3000.mutable_job()->mutable_created_at()->set_seconds(32503680000LL);
+  ExpectDataLoss(DecodeJobRecord(key, year_3000.SerializeAsString()).status(), "out of range");
   JobRecord long_lease = GoodJob(42);
   long_lease.mutable_job()->mutable_lease_duration()->set_seconds(INT64_MIN);
   ExpectDataLoss(DecodeJobRecord(key, long_lease.SerializeAsString()).status(), "out of range");
