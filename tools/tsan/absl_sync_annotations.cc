@@ -44,12 +44,36 @@ using CvWaitDurFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Duration);
 
 constexpr unsigned kRead = __tsan_mutex_read_lock;
 
+// abseil's own entry points call each other (AwaitWithTimeout calls
+// AwaitWithDeadline through the PLT, so it lands here again): only the
+// outermost call on a thread annotates.
+thread_local int depth = 0;
+struct Outer {
+  Outer() : outer(depth++ == 0) {}
+  ~Outer() { --depth; }
+  const bool outer;
+};
+
 void Locked(void* mu, unsigned flags) {
   __tsan_mutex_pre_lock(mu, flags);
   __tsan_mutex_post_lock(mu, flags, 0);
 }
 void Unlocking(void* mu, unsigned flags) { __tsan_mutex_pre_unlock(mu, flags); }
 void Unlocked(void* mu, unsigned flags) { __tsan_mutex_post_unlock(mu, flags); }
+
+// abseil evaluates a waiter's Condition with the mutex held, in the waiter or
+// in whichever thread unlocks; TSan sees neither. The wrapper makes each
+// evaluation synchronize with the mutex like a critical section.
+struct Guarded {
+  const absl::Condition* cond;
+  void* mu;
+};
+bool EvalGuarded(Guarded* g) {
+  __tsan_acquire(g->mu);
+  bool r = g->cond->Eval();
+  __tsan_release(g->mu);
+  return r;
+}
 
 }  // namespace
 
@@ -58,54 +82,66 @@ ABSL_NAMESPACE_BEGIN
 
 void Mutex::Lock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex4LockEv");
+  Outer o;
   real(this);
-  Locked(this, 0);
+  if (o.outer) Locked(this, 0);
 }
 
 void Mutex::Unlock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex6UnlockEv");
-  Unlocking(this, 0);
+  Outer o;
+  if (o.outer) Unlocking(this, 0);
   real(this);
-  Unlocked(this, 0);
+  if (o.outer) Unlocked(this, 0);
 }
 
 void Mutex::ReaderLock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex10ReaderLockEv");
+  Outer o;
   real(this);
-  Locked(this, kRead);
+  if (o.outer) Locked(this, kRead);
 }
 
 void Mutex::ReaderUnlock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex12ReaderUnlockEv");
-  Unlocking(this, kRead);
+  Outer o;
+  if (o.outer) Unlocking(this, kRead);
   real(this);
-  Unlocked(this, kRead);
+  if (o.outer) Unlocked(this, kRead);
 }
 
 bool Mutex::TryLock() {
   static const auto real = Real<MuTryFn>("_ZN4absl7debian35Mutex7TryLockEv");
+  Outer o;
   bool ok = real(this);
-  if (ok) Locked(this, 0);
+  if (ok && o.outer) Locked(this, 0);
   return ok;
 }
 
 bool Mutex::ReaderTryLock() {
   static const auto real = Real<MuTryFn>("_ZN4absl7debian35Mutex13ReaderTryLockEv");
+  Outer o;
   bool ok = real(this);
-  if (ok) Locked(this, kRead);
+  if (ok && o.outer) Locked(this, kRead);
   return ok;
 }
 
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = Real<MuCondFn>("_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  real(this, cond);
+  Outer o;
+  if (!o.outer) return real(this, cond);
+  Guarded g{&cond, this};
+  real(this, Condition(&EvalGuarded, &g));
   Locked(this, 0);
 }
 
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = Real<MuCondDurFn>(
       "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  bool ok = real(this, cond, timeout);
+  Outer o;
+  if (!o.outer) return real(this, cond, timeout);
+  Guarded g{&cond, this};
+  bool ok = real(this, Condition(&EvalGuarded, &g), timeout);
   Locked(this, 0);  // held on return either way
   return ok;
 }
@@ -116,16 +152,22 @@ void Mutex::Await(const Condition& cond) {
   static const auto real = Real<MuCondFn>("_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
   Unlocking(this, 0);
   Unlocked(this, 0);
-  real(this, cond);
+  Outer o;
+  if (!o.outer) return real(this, cond);
+  Guarded g{&cond, this};
+  real(this, Condition(&EvalGuarded, &g));
   Locked(this, 0);
 }
 
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = Real<MuCondDurFn>(
       "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
+  Outer o;
+  if (!o.outer) return real(this, cond, timeout);
   Unlocking(this, 0);
   Unlocked(this, 0);
-  bool ok = real(this, cond, timeout);
+  Guarded g{&cond, this};
+  bool ok = real(this, Condition(&EvalGuarded, &g), timeout);
   Locked(this, 0);
   return ok;
 }
@@ -133,15 +175,20 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = Real<MuCondTimeFn>(
       "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
+  Outer o;
+  if (!o.outer) return real(this, cond, deadline);
   Unlocking(this, 0);
   Unlocked(this, 0);
-  bool ok = real(this, cond, deadline);
+  Guarded g{&cond, this};
+  bool ok = real(this, Condition(&EvalGuarded, &g), deadline);
   Locked(this, 0);
   return ok;
 }
 
 void CondVar::Wait(Mutex* mu) {
   static const auto real = Real<CvWaitFn>("_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
+  Outer o;
+  if (!o.outer) return real(this, mu);
   Unlocking(mu, 0);
   Unlocked(mu, 0);
   real(this, mu);
@@ -151,6 +198,8 @@ void CondVar::Wait(Mutex* mu) {
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
   static const auto real = Real<CvWaitDurFn>(
       "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
+  Outer o;
+  if (!o.outer) return real(this, mu, timeout);
   Unlocking(mu, 0);
   Unlocked(mu, 0);
   bool ok = real(this, mu, timeout);
