@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+
 #include <optional>
+#include <thread>
 #include <vector>
 
 namespace errand::service {
@@ -111,6 +114,40 @@ TEST(CallLimiterTest, MoveAssignReleasesTheOldSlot) {
   *a = std::move(*b);
   EXPECT_EQ(limiter.streams(), 1u);
   EXPECT_EQ(limiter.connections(), 1u);
+}
+
+// gRPC threads admit and release calls concurrently; the counts must come
+// back to zero and never pass the limits. (Run under TSan as well.)
+TEST(CallLimiterTest, ConcurrentAdmissionsNeverExceedLimitsAndAllReturn) {
+  CallLimitOptions o;
+  o.max_streams = 8;
+  o.max_streams_per_connection = 3;
+  o.max_long_polls = 5;
+  o.max_long_polls_per_connection = 2;
+  o.max_subscribers = 4;
+  CallLimiter limiter(o);
+  std::vector<std::thread> threads;
+  std::atomic<bool> over{false};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const Kind kinds[] = {Kind::kStream, Kind::kSubscriber, Kind::kLongPoll};
+      std::vector<CallLimiter::Slot> held;
+      for (int i = 0; i < 2000; ++i) {
+        auto s = limiter.Acquire(kinds[(i + t) % 3], "peer" + std::to_string((i * 7 + t) % 3));
+        if (s.ok()) held.push_back(std::move(*s));
+        if (limiter.streams() > 8 || limiter.subscribers() > 4 || limiter.long_polls() > 5) {
+          over = true;
+        }
+        if (held.size() > 3 || (i % 5 == 0 && !held.empty())) held.erase(held.begin());
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_FALSE(over.load());
+  EXPECT_EQ(limiter.streams(), 0u);
+  EXPECT_EQ(limiter.subscribers(), 0u);
+  EXPECT_EQ(limiter.long_polls(), 0u);
+  EXPECT_EQ(limiter.connections(), 0u);
 }
 
 }  // namespace
