@@ -17,8 +17,11 @@
 
 #include <absl/synchronization/mutex.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <sanitizer/tsan_interface.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 
@@ -44,15 +47,48 @@ using CvWaitDurFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Duration);
 
 constexpr unsigned kRead = __tsan_mutex_read_lock;
 
+// Only calls made from the executable itself are annotated. gRPC's own
+// libraries lock some of their mutexes through paths that never reach these
+// definitions, so annotating their calls would show TSan half a lock
+// ("double lock", lock-order reports); their internals stay invisible, as
+// with every uninstrumented library.
+struct Range {
+  uintptr_t lo = UINTPTR_MAX;
+  uintptr_t hi = 0;
+};
+const Range& Executable() {
+  static const Range r = [] {
+    Range out;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) {
+          auto* r = static_cast<Range*>(data);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_LOAD || (ph.p_flags & PF_X) == 0) continue;
+            uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
+            r->lo = std::min(r->lo, lo);
+            r->hi = std::max(r->hi, lo + ph.p_memsz);
+          }
+          return 1;  // the first object is the executable
+        },
+        &out);
+    return out;
+  }();
+  return r;
+}
+
 // abseil's own entry points call each other (AwaitWithTimeout calls
 // AwaitWithDeadline through the PLT, so it lands here again): only the
-// outermost call on a thread annotates.
+// outermost call on a thread annotates, and only when the executable made it.
 thread_local int depth = 0;
-struct Outer {
-  Outer() : outer(depth++ == 0) {}
-  ~Outer() { --depth; }
+struct OuterImpl {
+  explicit OuterImpl(void* caller)
+      : outer(depth++ == 0 && reinterpret_cast<uintptr_t>(caller) >= Executable().lo &&
+              reinterpret_cast<uintptr_t>(caller) < Executable().hi) {}
+  ~OuterImpl() { --depth; }
   const bool outer;
 };
+
 
 void Locked(void* mu, unsigned flags) {
   __tsan_mutex_pre_lock(mu, flags);
@@ -82,14 +118,14 @@ ABSL_NAMESPACE_BEGIN
 
 void Mutex::Lock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex4LockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   real(this);
   if (o.outer) Locked(this, 0);
 }
 
 void Mutex::Unlock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex6UnlockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (o.outer) Unlocking(this, 0);
   real(this);
   if (o.outer) Unlocked(this, 0);
@@ -97,14 +133,14 @@ void Mutex::Unlock() {
 
 void Mutex::ReaderLock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex10ReaderLockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   real(this);
   if (o.outer) Locked(this, kRead);
 }
 
 void Mutex::ReaderUnlock() {
   static const auto real = Real<MuFn>("_ZN4absl7debian35Mutex12ReaderUnlockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (o.outer) Unlocking(this, kRead);
   real(this);
   if (o.outer) Unlocked(this, kRead);
@@ -112,7 +148,7 @@ void Mutex::ReaderUnlock() {
 
 bool Mutex::TryLock() {
   static const auto real = Real<MuTryFn>("_ZN4absl7debian35Mutex7TryLockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   bool ok = real(this);
   if (ok && o.outer) Locked(this, 0);
   return ok;
@@ -120,7 +156,7 @@ bool Mutex::TryLock() {
 
 bool Mutex::ReaderTryLock() {
   static const auto real = Real<MuTryFn>("_ZN4absl7debian35Mutex13ReaderTryLockEv");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   bool ok = real(this);
   if (ok && o.outer) Locked(this, kRead);
   return ok;
@@ -128,7 +164,7 @@ bool Mutex::ReaderTryLock() {
 
 void Mutex::LockWhen(const Condition& cond) {
   static const auto real = Real<MuCondFn>("_ZN4absl7debian35Mutex8LockWhenERKNS0_9ConditionE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, cond);
   Guarded g{&cond, this};
   real(this, Condition(&EvalGuarded, &g));
@@ -138,7 +174,7 @@ void Mutex::LockWhen(const Condition& cond) {
 bool Mutex::LockWhenWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = Real<MuCondDurFn>(
       "_ZN4absl7debian35Mutex19LockWhenWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, cond, timeout);
   Guarded g{&cond, this};
   bool ok = real(this, Condition(&EvalGuarded, &g), timeout);
@@ -152,7 +188,7 @@ void Mutex::Await(const Condition& cond) {
   static const auto real = Real<MuCondFn>("_ZN4absl7debian35Mutex5AwaitERKNS0_9ConditionE");
   Unlocking(this, 0);
   Unlocked(this, 0);
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, cond);
   Guarded g{&cond, this};
   real(this, Condition(&EvalGuarded, &g));
@@ -162,7 +198,7 @@ void Mutex::Await(const Condition& cond) {
 bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
   static const auto real = Real<MuCondDurFn>(
       "_ZN4absl7debian35Mutex16AwaitWithTimeoutERKNS0_9ConditionENS0_8DurationE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, cond, timeout);
   Unlocking(this, 0);
   Unlocked(this, 0);
@@ -175,7 +211,7 @@ bool Mutex::AwaitWithTimeout(const Condition& cond, Duration timeout) {
 bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
   static const auto real = Real<MuCondTimeFn>(
       "_ZN4absl7debian35Mutex17AwaitWithDeadlineERKNS0_9ConditionENS0_4TimeE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, cond, deadline);
   Unlocking(this, 0);
   Unlocked(this, 0);
@@ -187,7 +223,7 @@ bool Mutex::AwaitWithDeadline(const Condition& cond, Time deadline) {
 
 void CondVar::Wait(Mutex* mu) {
   static const auto real = Real<CvWaitFn>("_ZN4absl7debian37CondVar4WaitEPNS0_5MutexE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, mu);
   Unlocking(mu, 0);
   Unlocked(mu, 0);
@@ -198,7 +234,7 @@ void CondVar::Wait(Mutex* mu) {
 bool CondVar::WaitWithTimeout(Mutex* mu, Duration timeout) {
   static const auto real = Real<CvWaitDurFn>(
       "_ZN4absl7debian37CondVar15WaitWithTimeoutEPNS0_5MutexENS0_8DurationE");
-  Outer o;
+  OuterImpl o(__builtin_return_address(0));
   if (!o.outer) return real(this, mu, timeout);
   Unlocking(mu, 0);
   Unlocked(mu, 0);
