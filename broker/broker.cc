@@ -10,6 +10,7 @@
 
 #include "grpc/health/v1/health.pb.h"
 #include "util/thread_name.h"
+#include "service/malformed_request.h"
 
 namespace errand {
 namespace {
@@ -165,6 +166,17 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   ctx.started_at = b->clock_.Now();
   ctx.boot_epoch = b->store_->boot_epoch();
   ctx.version = ERRAND_VERSION;
+  // Limits on open calls.
+  {
+    service::CallLimitOptions lopts;
+    lopts.max_streams = config.max_streams;
+    lopts.max_streams_per_connection = config.max_streams_per_connection;
+    lopts.max_long_polls = config.max_long_polls;
+    lopts.max_long_polls_per_connection = config.max_long_polls_per_connection;
+    lopts.max_subscribers = config.max_subscribers;
+    b->call_limiter_ = std::make_unique<service::CallLimiter>(lopts);
+    ctx.call_limiter = b->call_limiter_.get();
+  }
   b->jobs_service_ = std::make_unique<service::JobsService>(&ctx);
   b->workers_service_ = std::make_unique<service::WorkersService>(&ctx);
   b->events_service_ = std::make_unique<service::EventsService>(&ctx);
@@ -182,6 +194,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   builder.RegisterService(b->workers_service_.get());
   builder.RegisterService(b->events_service_.get());
   builder.RegisterService(b->admin_service_.get());
+  // Requests that fail to parse: INVALID_ARGUMENT naming the message type.
+  builder.experimental().SetInterceptorCreators(service::MalformedRequestInterceptors());
   b->server_ = builder.BuildAndStart();
   if (!b->server_ || b->port_ == 0) {
     b->Stop().IgnoreError();

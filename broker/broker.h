@@ -64,6 +64,9 @@ class Broker {
   std::unique_ptr<hub::EventHub> hub_;
   service::WorkerRegistry workers_;  // Thread: core
   service::ServiceContext ctx_;
+  // Admits streams and long polls; outlives the server (slots are released
+  // as gRPC deletes reactors).
+  std::unique_ptr<service::CallLimiter> call_limiter_;
   std::unique_ptr<service::JobsService> jobs_service_;
   std::unique_ptr<service::WorkersService> workers_service_;
   std::unique_ptr<service::EventsService> events_service_;

@@ -82,6 +82,13 @@ absl::Status Config::Validate() const {
     return absl::InvalidArgumentError(
         "--max-message-bytes must exceed --max-payload-bytes by at least 64 KiB");
   }
+  // Limits on open calls.
+  if (max_streams < 1 || max_streams_per_connection < 1 || max_long_polls < 1 ||
+      max_long_polls_per_connection < 1 || max_subscribers < 1) {
+    return absl::InvalidArgumentError(
+        "--max-streams, --max-streams-per-connection, --max-long-polls, "
+        "--max-long-polls-per-connection and --max-subscribers must be at least 1");
+  }
   return absl::OkStatus();
 }
 

@@ -64,6 +64,23 @@ struct Config {
   // Default: 1 MiB.
   size_t max_result_bytes = 1 << 20;
 
+  // Limits on calls that stay open (streams, long polls): a client that opens
+  // more gets RESOURCE_EXHAUSTED naming the flag. "Per connection" is per
+  // client HTTP/2 connection (the call's peer address).
+  // --max-streams: open EnqueueStream, EnqueueAndWatch, Connect and Subscribe
+  // streams in total. Default: 10000.
+  size_t max_streams = 10000;
+  // --max-streams-per-connection: ...on one connection. Default: 1000.
+  size_t max_streams_per_connection = 1000;
+  // --max-long-polls: WaitJob calls and Lease calls with a wait, in total.
+  // Default: 10000.
+  size_t max_long_polls = 10000;
+  // --max-long-polls-per-connection: ...on one connection. Default: 1000.
+  size_t max_long_polls_per_connection = 1000;
+  // --max-subscribers: open Subscribe and EnqueueAndWatch streams in total.
+  // Default: 10000.
+  size_t max_subscribers = 10000;
+
   absl::Status Validate() const;
 
   // --- Security: TLS and bearer tokens (README "Security") ---

@@ -118,6 +118,24 @@ int main(int argc, char** argv) {
   app.add_flag("--insecure", config.insecure,
                "allow a non-loopback --listen address without --token-file (otherwise the\n"
                "broker refuses to start)");
+
+  // Limits on open calls: beyond them a call gets RESOURCE_EXHAUSTED naming the flag.
+  app.add_option("--max-streams", config.max_streams,
+                 "most open streams (EnqueueStream, EnqueueAndWatch, Connect, Subscribe) in\n"
+                 "total")
+      ->capture_default_str();
+  app.add_option("--max-streams-per-connection", config.max_streams_per_connection,
+                 "most open streams on one client connection")
+      ->capture_default_str();
+  app.add_option("--max-long-polls", config.max_long_polls,
+                 "most waiting long polls (WaitJob, Lease with a wait) in total")
+      ->capture_default_str();
+  app.add_option("--max-long-polls-per-connection", config.max_long_polls_per_connection,
+                 "most waiting long polls on one client connection")
+      ->capture_default_str();
+  app.add_option("--max-subscribers", config.max_subscribers,
+                 "most open event subscribers (Subscribe and EnqueueAndWatch streams)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "store/keys.h"
+#include "store/records.h"
 
 namespace errand::hub {
 namespace {
@@ -46,11 +47,12 @@ ReadResult ReadLog(store::JobStore* store, const Filter& filter, uint64_t cursor
       r.gap = true;
       return r;
     }
-    v1::Event ev;
-    if (!ev.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      r.status = absl::DataLossError("corrupt event " + std::to_string(seq));
+    auto decoded = store::DecodeEvent(it->key().ToStringView(), it->value().ToStringView());
+    if (!decoded.ok()) {
+      r.status = decoded.status();
       return r;
     }
+    v1::Event& ev = *decoded;
     r.last_scanned = seq;
     if (filter.Matches(ev)) r.events.push_back(std::move(ev));
     if (++scanned >= max_scan || r.events.size() >= max_events) break;

@@ -230,6 +230,11 @@ grpc::ServerUnaryReactor* AdminService::GetServerInfo(grpc::CallbackServerContex
     response->set_fsyncs(st.fsyncs);
     response->set_writes(st.writes);
     response->set_boot_epoch(ctx->boot_epoch);
+    if (ctx->call_limiter != nullptr) {
+      response->set_open_streams(ctx->call_limiter->streams());
+      response->set_open_subscribers(ctx->call_limiter->subscribers());
+      response->set_open_long_polls(ctx->call_limiter->long_polls());
+    }
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;

@@ -8,6 +8,7 @@
 
 #include "auth/authenticator.h"
 #include "commit/commit_pipeline.h"
+#include "service/call_limits.h"
 #include "dispatch/engine.h"
 #include "hub/event_hub.h"
 #include "service/validate.h"
@@ -36,6 +37,17 @@ struct ServiceContext {
   // Set on core when shutdown begins. Thread: core.
   mutable bool stopping = false;
   std::string version;
+  // Admits streams and long polls (--max-streams and friends); owned by the
+  // Broker. nullptr: no limits. Thread: any.
+  CallLimiter* call_limiter = nullptr;
+
+  // A slot for one call of `kind` from the call's peer connection; an empty
+  // slot when there are no limits.
+  absl::StatusOr<CallLimiter::Slot> Admit(CallLimiter::Kind kind,
+                                          const grpc::CallbackServerContext* context) const {
+    if (call_limiter == nullptr) return CallLimiter::Slot();
+    return call_limiter->Acquire(kind, context->peer());
+  }
 
   // Security (--token-file): checks each call's bearer token; nullptr when
   // the broker runs without tokens (every call allowed). Outlives the

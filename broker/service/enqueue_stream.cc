@@ -27,8 +27,8 @@ class EnqueueStreamReactor final
     std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
   };
 
-  EnqueueStreamReactor(const ServiceContext* ctx, auth::PrincipalRef who)
-      : ctx_(ctx), who_(std::move(who)), st_(std::make_shared<State>()) {
+  EnqueueStreamReactor(const ServiceContext* ctx, auth::PrincipalRef who, CallLimiter::Slot slot)
+      : ctx_(ctx), who_(std::move(who)), slot_(std::move(slot)), st_(std::make_shared<State>()) {
     st_->reactor = this;
     st_->reading = true;
     StartRead(&request_);
@@ -174,6 +174,7 @@ class EnqueueStreamReactor final
   // checked at. Thread: OnReadDone only (reads are serialized).
   auth::PrincipalRef who_;
   uint64_t auth_generation_ = 0;
+  CallLimiter::Slot slot_;  // released when gRPC deletes the reactor
   std::shared_ptr<State> st_;
   v1::EnqueueStreamRequest request_;
   v1::EnqueueStreamResponse response_;
@@ -182,8 +183,13 @@ class EnqueueStreamReactor final
 }  // namespace
 
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
-    const ServiceContext* ctx, auth::PrincipalRef who) {
-  return new EnqueueStreamReactor(ctx, std::move(who));
+    const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
+  auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
+  if (!slot.ok()) {
+    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
+        ToGrpc(slot.status()));
+  }
+  return new EnqueueStreamReactor(ctx, std::move(who), std::move(*slot));
 }
 
 }  // namespace errand::service

@@ -15,7 +15,8 @@ namespace errand::service {
 // Each job's queue is checked against `who` (null: no tokens); a refused
 // job is answered with PERMISSION_DENIED in its error_code.
 // Thread: reactions post to core; only core writes and finishes.
+// Counts against --max-streams(-per-connection) while open.
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
-    const ServiceContext* ctx, auth::PrincipalRef who);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who);
 
 }  // namespace errand::service

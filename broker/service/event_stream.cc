@@ -22,7 +22,8 @@ class HubStream : public grpc::ServerWriteReactor<Resp> {
     bool end_after_write = false;
   };
 
-  explicit HubStream(const ServiceContext* ctx) : ctx_(ctx), st_(std::make_shared<State>()) {
+  HubStream(const ServiceContext* ctx, CallLimiter::Slot slot)
+      : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<State>()) {
     st_->reactor = this;
   }
 
@@ -73,6 +74,7 @@ class HubStream : public grpc::ServerWriteReactor<Resp> {
 
  protected:
   const ServiceContext* const ctx_;
+  CallLimiter::Slot slot_;  // --max-subscribers; released when gRPC deletes the reactor
   std::shared_ptr<State> st_;
   Resp msg_;
 };
@@ -81,44 +83,23 @@ using SubscribeStream = HubStream<v1::SubscribeResponse>;
 using WatchStream = HubStream<v1::WatchJobResponse>;
 
 absl::StatusOr<hub::Filter> MakeFilter(const v1::SubscribeRequest& req) {
+  if (auto s = ValidateSubscribe(req); !s.ok()) return s;
   hub::Filter f;
-  for (int i = 0; i < req.queues_size(); ++i) {
-    if (auto s = ValidateQueueName(req.queues(i), "queues[" + std::to_string(i) + "]"); !s.ok()) {
-      return s;
-    }
-    f.queues.insert(req.queues(i));
-  }
-  for (int i = 0; i < req.job_ids_size(); ++i) {
-    auto id = ParseJobIdField(req.job_ids(i), "job_ids[" + std::to_string(i) + "]");
-    if (!id.ok()) return id.status();
-    f.job_ids.insert(req.job_ids(i));
-  }
-  for (int i = 0; i < req.topics_size(); ++i) {
-    if (auto s = ValidateQueueName(req.topics(i), "topics[" + std::to_string(i) + "]"); !s.ok()) {
-      return s;
-    }
-    f.topics.insert(req.topics(i));
-  }
-  for (int t : req.types()) {
-    if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
-      return absl::InvalidArgumentError("types has an unknown event type " + std::to_string(t));
-    }
-    f.types.insert(t);
-  }
-  if (req.queues_size() + req.job_ids_size() + req.topics_size() + req.types_size() > 1024) {
-    return absl::InvalidArgumentError("more than 1024 filter entries");
-  }
-  if (req.from_oldest() && req.after_seq() != 0) {
-    return absl::InvalidArgumentError("after_seq and from_oldest are mutually exclusive");
-  }
+  f.queues.insert(req.queues().begin(), req.queues().end());
+  f.job_ids.insert(req.job_ids().begin(), req.job_ids().end());
+  f.topics.insert(req.topics().begin(), req.topics().end());
+  f.types.insert(req.types().begin(), req.types().end());
   return f;
 }
 
 }  // namespace
 
 grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
-    const ServiceContext* ctx, grpc::CallbackServerContext*, const v1::SubscribeRequest* request) {
-  auto* reactor = new SubscribeStream(ctx);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context,
+    const v1::SubscribeRequest* request) {
+  auto slot = ctx->Admit(CallLimiter::Kind::kSubscriber, context);
+  if (!slot.ok()) return RejectedWrite<v1::SubscribeResponse>(ToGrpc(slot.status()));
+  auto* reactor = new SubscribeStream(ctx, std::move(*slot));
   auto st = reactor->st_for_start();
   auto filter = MakeFilter(*request);
   if (!filter.ok()) {
@@ -153,8 +134,11 @@ grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
 }
 
 grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
-    const ServiceContext* ctx, grpc::CallbackServerContext*, const v1::EnqueueRequest* request) {
-  auto* reactor = new WatchStream(ctx);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context,
+    const v1::EnqueueRequest* request) {
+  auto slot = ctx->Admit(CallLimiter::Kind::kSubscriber, context);
+  if (!slot.ok()) return RejectedWrite<v1::WatchJobResponse>(ToGrpc(slot.status()));
+  auto* reactor = new WatchStream(ctx, std::move(*slot));
   auto st = reactor->st_for_start();
   if (auto s = ValidateEnqueue(*request, ctx->limits, ctx->clock->Now()); !s.ok()) {
     st->finished = true;  // no core closure exists yet

@@ -10,6 +10,8 @@ namespace errand::service {
 
 // Events.Subscribe: a server stream fed by the EventHub.
 // Thread: gRPC reactions post to core; only core writes and finishes.
+// While open it counts as a subscriber and a stream (--max-subscribers,
+// --max-streams, --max-streams-per-connection); so does EnqueueAndWatch.
 grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* context,
     const v1::SubscribeRequest* request);

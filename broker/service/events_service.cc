@@ -22,26 +22,8 @@ grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* co
   auto* reactor = context->DefaultReactor();
   auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Events/Publish");
   absl::Status s = who.status();
-  if (s.ok()) s = ValidateQueueName(request->topic(), "topic");
+  if (s.ok()) s = ValidatePublish(*request, ctx_->limits);
   if (s.ok()) s = AllowQueue(*who, request->topic(), "topic");
-  if (s.ok() && request->payload().size() > ctx_->limits.max_payload_bytes) {
-    s = absl::InvalidArgumentError("payload is " + std::to_string(request->payload().size()) +
-                                   " bytes; the limit is " +
-                                   std::to_string(ctx_->limits.max_payload_bytes) +
-                                   " bytes (--max-payload-bytes)");
-  }
-  if (s.ok()) {
-    size_t header_bytes = 0;
-    for (const auto& [k, v] : request->headers()) header_bytes += k.size() + v.size();
-    if (header_bytes > ctx_->limits.max_headers_bytes) {
-      s = absl::InvalidArgumentError("headers total " + std::to_string(header_bytes) +
-                                     " bytes; the limit is " +
-                                     std::to_string(ctx_->limits.max_headers_bytes));
-    }
-  }
-  if (s.ok() && !v1::Durability_IsValid(request->durability())) {
-    s = absl::InvalidArgumentError("durability is not a known Durability");
-  }
   if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;

@@ -101,7 +101,7 @@ JobsService::EnqueueStream(grpc::CallbackServerContext* context) {
     return new RefusedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
         ToGrpc(who.status()));
   }
-  return NewEnqueueStream(ctx_, std::move(*who));
+  return NewEnqueueStream(ctx_, context, std::move(*who));
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context,
@@ -143,8 +143,10 @@ class WaitJobReactor final : public grpc::ServerUnaryReactor {
     uint64_t waiter_id = 0;
   };
 
-  WaitJobReactor(const ServiceContext* ctx, v1::WaitJobResponse* response)
-      : ctx_(ctx), response_(response), state_(std::make_shared<State>()) {
+  WaitJobReactor(const ServiceContext* ctx, v1::WaitJobResponse* response,
+                 CallLimiter::Slot slot)
+      : ctx_(ctx), response_(response), slot_(std::move(slot)),
+        state_(std::make_shared<State>()) {
     state_->reactor = this;
   }
 
@@ -186,6 +188,7 @@ class WaitJobReactor final : public grpc::ServerUnaryReactor {
  private:
   const ServiceContext* const ctx_;
   v1::WaitJobResponse* const response_;
+  CallLimiter::Slot slot_;  // --max-long-polls; released when gRPC deletes the reactor
   std::shared_ptr<State> state_;
 };
 
@@ -202,6 +205,11 @@ grpc::ServerUnaryReactor* JobsService::WaitJob(grpc::CallbackServerContext* cont
     s = ValidateDuration(request->timeout(), "timeout", std::chrono::microseconds(0), kMaxWait,
                          true);
   }
+  absl::StatusOr<CallLimiter::Slot> slot = CallLimiter::Slot();
+  if (s.ok()) {
+    slot = ctx_->Admit(CallLimiter::Kind::kLongPoll, context);
+    s = slot.status();
+  }
   if (!s.ok()) {
     auto* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpc(s));
@@ -214,7 +222,7 @@ grpc::ServerUnaryReactor* JobsService::WaitJob(grpc::CallbackServerContext* cont
   auto until_deadline = std::chrono::duration_cast<std::chrono::microseconds>(
       context->deadline() - std::chrono::system_clock::now() - std::chrono::milliseconds(50));
   if (until_deadline.count() > 0 && until_deadline < timeout) timeout = until_deadline;
-  auto* reactor = new WaitJobReactor(ctx_, response);
+  auto* reactor = new WaitJobReactor(ctx_, response, std::move(*slot));
   reactor->Start(*id, timeout, std::move(*who));
   return reactor;
 }

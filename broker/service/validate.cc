@@ -20,6 +20,23 @@ std::string Human(std::chrono::microseconds d) {
   return std::to_string(d.count()) + "us";
 }
 
+// `s` as it can be shown in a status message: bytes outside printable ASCII
+// (control characters, invalid UTF-8) become \xNN.
+std::string Printable(std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : s) {
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 0xf];
+    }
+  }
+  return out;
+}
+
 bool ValidDurationProto(const google::protobuf::Duration& d) {
   // Protobuf's own rules: |seconds| <= 315576000000, nanos in (-1e9, 1e9)
   // with the same sign as seconds.
@@ -43,7 +60,7 @@ absl::Status ValidateQueueName(std::string_view name, std::string_view field) {
               c == '.' || c == '_' || c == ':' || c == '/' || c == '-';
     if (!ok) {
       return absl::InvalidArgumentError(
-          std::string(field) + " \"" + std::string(name) +
+          std::string(field) + " \"" + Printable(name) +
           "\" has a character outside [A-Za-z0-9._:/-]");
     }
   }
@@ -54,7 +71,7 @@ absl::StatusOr<uint64_t> ParseJobIdField(std::string_view id, std::string_view f
   if (id.empty()) return absl::InvalidArgumentError(std::string(field) + " is required");
   auto parsed = store::ParseJobId(id);
   if (!parsed) {
-    std::string shown(id.substr(0, 40));
+    std::string shown = Printable(id.substr(0, 40));
     return absl::InvalidArgumentError(std::string(field) + " \"" + shown +
                                       "\" is not a job id (16 hex digits)");
   }
@@ -278,6 +295,75 @@ absl::Status ValidateCancel(const v1::CancelJobRequest& req) {
   if (req.reason().size() > kMaxReasonBytes) {
     return absl::InvalidArgumentError("reason is " + std::to_string(req.reason().size()) +
                                       " bytes; the limit is " + std::to_string(kMaxReasonBytes));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateHello(const v1::ConnectHello& h) {
+  if (h.queues_size() == 0) return absl::InvalidArgumentError("hello.queues is empty");
+  if (h.queues_size() > 64) {
+    return absl::InvalidArgumentError("hello.queues has more than 64 entries");
+  }
+  for (int i = 0; i < h.queues_size(); ++i) {
+    if (auto s = ValidateQueueName(h.queues(i), "hello.queues[" + std::to_string(i) + "]");
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (h.worker_id().size() > kMaxKeyLength) {
+    return absl::InvalidArgumentError("hello.worker_id is longer than " +
+                                      std::to_string(kMaxKeyLength) + " characters");
+  }
+  return ValidateDuration(h.lease_duration(), "hello.lease_duration", kMinLease, kMaxLease, true);
+}
+
+absl::Status ValidateSubscribe(const v1::SubscribeRequest& req) {
+  if (req.queues_size() + req.job_ids_size() + req.topics_size() + req.types_size() > 1024) {
+    return absl::InvalidArgumentError("more than 1024 filter entries");
+  }
+  for (int i = 0; i < req.queues_size(); ++i) {
+    if (auto s = ValidateQueueName(req.queues(i), "queues[" + std::to_string(i) + "]"); !s.ok()) {
+      return s;
+    }
+  }
+  for (int i = 0; i < req.job_ids_size(); ++i) {
+    auto id = ParseJobIdField(req.job_ids(i), "job_ids[" + std::to_string(i) + "]");
+    if (!id.ok()) return id.status();
+  }
+  for (int i = 0; i < req.topics_size(); ++i) {
+    if (auto s = ValidateQueueName(req.topics(i), "topics[" + std::to_string(i) + "]"); !s.ok()) {
+      return s;
+    }
+  }
+  for (int t : req.types()) {
+    if (!v1::EventType_IsValid(t) || t == v1::EVENT_TYPE_UNSPECIFIED) {
+      return absl::InvalidArgumentError("types has an unknown event type " + std::to_string(t));
+    }
+  }
+  if (req.from_oldest() && req.after_seq() != 0) {
+    return absl::InvalidArgumentError("after_seq and from_oldest are mutually exclusive");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidatePublish(const v1::PublishRequest& req, const Limits& limits) {
+  if (auto s = ValidateQueueName(req.topic(), "topic"); !s.ok()) return s;
+  if (req.payload().size() > limits.max_payload_bytes) {
+    return absl::InvalidArgumentError("payload is " + std::to_string(req.payload().size()) +
+                                      " bytes; the limit is " +
+                                      std::to_string(limits.max_payload_bytes) +
+                                      " bytes (--max-payload-bytes)");
+  }
+  size_t header_bytes = 0;
+  for (const auto& [k, v] : req.headers()) header_bytes += k.size() + v.size();
+  if (header_bytes > limits.max_headers_bytes) {
+    return absl::InvalidArgumentError("headers total " + std::to_string(header_bytes) +
+                                      " bytes; the limit is " +
+                                      std::to_string(limits.max_headers_bytes) +
+                                      " bytes (--max-headers-bytes)");
+  }
+  if (!v1::Durability_IsValid(req.durability())) {
+    return absl::InvalidArgumentError("durability is not a known Durability");
   }
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "errand/v1/admin.pb.h"
+#include "errand/v1/events.pb.h"
 #include "errand/v1/jobs.pb.h"
 #include "errand/v1/workers.pb.h"
 
@@ -56,6 +57,13 @@ absl::Status ValidateComplete(const v1::CompleteRequest& req, const Limits& limi
 absl::Status ValidateFail(const v1::FailRequest& req, const Limits& limits);
 absl::Status ValidateExtend(const v1::ExtendRequest& req);
 absl::Status ValidateCancel(const v1::CancelJobRequest& req);
+// Workers.Connect's first message.
+absl::Status ValidateHello(const v1::ConnectHello& hello);
+// Events.Subscribe: filters (names, ids, known types, at most 1024 entries)
+// and the start position.
+absl::Status ValidateSubscribe(const v1::SubscribeRequest& req);
+// Events.Publish: topic name, payload and header sizes, durability.
+absl::Status ValidatePublish(const v1::PublishRequest& req, const Limits& limits);
 
 inline constexpr uint32_t kDefaultPageSize = 100;
 inline constexpr uint32_t kMaxPageSize = 1000;

@@ -43,8 +43,9 @@ using Session = WorkerRegistry::Session;
 class WorkerStreamReactor final
     : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
  public:
-  WorkerStreamReactor(const ServiceContext* ctx, std::string peer, auth::PrincipalRef who)
-      : ctx_(ctx), st_(std::make_shared<Session>()) {
+  WorkerStreamReactor(const ServiceContext* ctx, std::string peer, auth::PrincipalRef who,
+                      CallLimiter::Slot slot)
+      : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<Session>()) {
     st_->reactor = this;
     st_->who = std::move(who);
     st_->spec.worker_id = std::move(peer);
@@ -233,16 +234,8 @@ class WorkerStreamReactor final
           return;
         }
         const auto& h = req.hello();
-        absl::Status s = h.queues_size() == 0 ? absl::InvalidArgumentError("hello.queues is empty")
-                                              : absl::OkStatus();
-        for (int i = 0; s.ok() && i < h.queues_size(); ++i) {
-          s = ValidateQueueName(h.queues(i), "hello.queues[" + std::to_string(i) + "]");
-          if (s.ok()) s = AllowQueue(st->who, h.queues(i));
-        }
-        if (s.ok()) {
-          s = ValidateDuration(h.lease_duration(), "hello.lease_duration", kMinLease, kMaxLease,
-                               true);
-        }
+        absl::Status s = ValidateHello(h);
+        for (int i = 0; s.ok() && i < h.queues_size(); ++i) s = AllowQueue(st->who, h.queues(i));
         if (!s.ok()) {
           Close(ctx, st, ToGrpc(s));
           return;
@@ -332,6 +325,7 @@ class WorkerStreamReactor final
   friend class errand::service::WorkerRegistry;
 
   const ServiceContext* const ctx_;
+  CallLimiter::Slot slot_;  // --max-streams; released when gRPC deletes the reactor
   std::shared_ptr<Session> st_;
   v1::ConnectRequest request_;
   v1::ConnectResponse response_;
@@ -367,7 +361,11 @@ void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
-  return new WorkerStreamReactor(ctx, context->peer(), std::move(who));
+  auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
+  if (!slot.ok()) {
+    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(slot.status()));
+  }
+  return new WorkerStreamReactor(ctx, context->peer(), std::move(who), std::move(*slot));
 }
 
 }  // namespace errand::service

@@ -21,8 +21,9 @@ class LeaseReactor final : public grpc::ServerUnaryReactor {
     uint64_t waiter_id = 0;
   };
 
-  LeaseReactor(const ServiceContext* ctx, v1::LeaseResponse* response)
-      : ctx_(ctx), response_(response), state_(std::make_shared<State>()) {
+  LeaseReactor(const ServiceContext* ctx, v1::LeaseResponse* response, CallLimiter::Slot slot)
+      : ctx_(ctx), response_(response), slot_(std::move(slot)),
+        state_(std::make_shared<State>()) {
     state_->reactor = this;
   }
 
@@ -57,6 +58,7 @@ class LeaseReactor final : public grpc::ServerUnaryReactor {
  private:
   const ServiceContext* const ctx_;
   v1::LeaseResponse* const response_;
+  CallLimiter::Slot slot_;  // --max-long-polls; released when gRPC deletes the reactor
   std::shared_ptr<State> state_;
 };
 
@@ -71,6 +73,12 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
   for (int i = 0; s.ok() && i < request->queues_size(); ++i) {
     s = AllowQueue(*who, request->queues(i));
   }
+  // Only a Lease that may wait is a long poll.
+  absl::StatusOr<CallLimiter::Slot> slot = CallLimiter::Slot();
+  if (s.ok() && (request->wait().seconds() > 0 || request->wait().nanos() > 0)) {
+    slot = ctx_->Admit(CallLimiter::Kind::kLongPoll, context);
+    s = slot.status();
+  }
   if (!s.ok()) {
     auto* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpc(s));
@@ -83,7 +91,7 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
   spec.lease_duration = util::DurationFromProto(request->lease_duration());
   spec.worker_id = request->worker_id();
   if (spec.worker_id.empty()) spec.worker_id = context->peer();
-  auto* reactor = new LeaseReactor(ctx_, response);
+  auto* reactor = new LeaseReactor(ctx_, response, std::move(*slot));
   reactor->Start(std::move(spec));
   return reactor;
 }

@@ -10,6 +10,7 @@
 
 #include "store/keys.h"
 #include "store/rocks_logger.h"
+#include "store/records.h"
 #include "store/rocks_status.h"
 #include "util/thread_name.h"
 
@@ -82,9 +83,9 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   std::string value;
   rs = raw->Get(rocksdb::ReadOptions(), store->default_cf_, kMetaKey, &value);
   if (rs.ok()) {
-    if (!meta.ParseFromString(value)) {
-      return absl::DataLossError("store meta record is corrupt");
-    }
+    auto decoded = DecodeMetaRecord(value);
+    if (!decoded.ok()) return decoded.status();
+    meta = std::move(*decoded);
     if (meta.format_version() > kStoreFormatVersion) {
       return absl::FailedPreconditionError(
           "store format version " + std::to_string(meta.format_version()) +
@@ -110,12 +111,9 @@ absl::Status JobStore::ForEachJob(
     const std::function<absl::Status(uint64_t, JobRecord&&)>& fn) {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), jobs_cf_));
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
-    if (it->key().size() != 8) return absl::DataLossError("malformed job key in store");
-    JobRecord rec;
-    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return absl::DataLossError("corrupt job record in store");
-    }
-    absl::Status s = fn(DecodeBE64(it->key().ToStringView()), std::move(rec));
+    auto rec = DecodeJobRecord(it->key().ToStringView(), it->value().ToStringView());
+    if (!rec.ok()) return rec.status();
+    absl::Status s = fn(DecodeBE64(it->key().ToStringView()), std::move(*rec));
     if (!s.ok()) return s;
   }
   return FromRocks(it->status(), "scanning jobs");
@@ -150,20 +148,18 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::GetJob(uint64_t id) {
   rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), jobs_cf_, EncodeBE64(id), &value);
   if (rs.IsNotFound()) return std::optional<JobRecord>();
   if (!rs.ok()) return FromRocks(rs, "reading job");
-  JobRecord rec;
-  if (!rec.ParseFromString(value)) return absl::DataLossError("corrupt job record");
-  return std::optional<JobRecord>(std::move(rec));
+  auto rec = DecodeJobRecord(EncodeBE64(id), value);
+  if (!rec.ok()) return rec.status();
+  return std::optional<JobRecord>(std::move(*rec));
 }
 
 absl::Status JobStore::ForEachQueue(const std::function<absl::Status(QueueRecord&&)>& fn) {
   std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), default_cf_));
   const std::string prefix = kQueueKeyPrefix;
   for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
-    QueueRecord rec;
-    if (!rec.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return absl::DataLossError("corrupt queue record " + it->key().ToString());
-    }
-    absl::Status s = fn(std::move(rec));
+    auto rec = DecodeQueueRecord(it->key().ToStringView(), it->value().ToStringView());
+    if (!rec.ok()) return rec.status();
+    absl::Status s = fn(std::move(*rec));
     if (!s.ok()) return s;
   }
   return FromRocks(it->status(), "scanning queue records");

@@ -420,6 +420,7 @@ TEST_F(CommitPipelineTest, WritesAndDeletesAreReadableThroughJobStoreAfterStop) 
   store::JobRecord rec;
   rec.mutable_job()->set_id(store::FormatJobId(7));
   rec.mutable_job()->set_queue("q");
+  rec.mutable_job()->set_state(v1::JOB_STATE_READY);
   rec.mutable_job()->set_payload("hello");
   rec.set_lease_token(99);
   Mutation put;

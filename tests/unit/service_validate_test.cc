@@ -665,5 +665,74 @@ TEST(ValidateTest, RedriveChecksQueueAndEachId) {
   EXPECT_INVALID(ValidateRedrive(req), "job_ids", "10001", "10000");
 }
 
+TEST(ValidateTest, InvalidUtf8AndControlBytesAreShownEscaped) {
+  absl::Status s = ValidateQueueName(std::string("q\xff\x01", 3), "queue");
+  EXPECT_INVALID(s, "queue \"q\\xff\\x01\"", "outside [A-Za-z0-9._:/-]");
+  auto id = ParseJobIdField(std::string("\xc3\x28", 2), "job_id");
+  EXPECT_INVALID(id.status(), "job_id \"\\xc3(\"", "not a job id");
+}
+
+TEST(ValidateTest, HelloChecksQueuesWorkerIdAndLease) {
+  v1::ConnectHello h;
+  EXPECT_INVALID(ValidateHello(h), "hello.queues is empty");
+  h.add_queues("ok");
+  EXPECT_TRUE(ValidateHello(h).ok());
+  h.add_queues("bad name");
+  EXPECT_INVALID(ValidateHello(h), "hello.queues[1]");
+  h.mutable_queues()->RemoveLast();
+  for (int i = 0; i < 64; ++i) h.add_queues("q");
+  EXPECT_INVALID(ValidateHello(h), "hello.queues has more than 64 entries");
+  h.clear_queues();
+  h.add_queues("q");
+  h.set_worker_id(std::string(300, 'w'));
+  EXPECT_INVALID(ValidateHello(h), "hello.worker_id");
+  h.clear_worker_id();
+  *h.mutable_lease_duration() = Dur(0, 1000);
+  EXPECT_INVALID(ValidateHello(h), "hello.lease_duration");
+}
+
+TEST(ValidateTest, SubscribeChecksFiltersAndStart) {
+  v1::SubscribeRequest r;
+  EXPECT_TRUE(ValidateSubscribe(r).ok());
+  r.add_queues("q");
+  r.add_topics("t");
+  r.add_job_ids(kJobId);
+  r.add_types(v1::EVENT_TYPE_SUCCEEDED);
+  EXPECT_TRUE(ValidateSubscribe(r).ok());
+  r.mutable_types()->Add(999);
+  EXPECT_INVALID(ValidateSubscribe(r), "unknown event type 999");
+  r.mutable_types()->RemoveLast();
+  r.add_job_ids("nope");
+  EXPECT_INVALID(ValidateSubscribe(r), "job_ids[1]");
+  r.mutable_job_ids()->RemoveLast();
+  r.add_topics(std::string("t\xff", 2));
+  EXPECT_INVALID(ValidateSubscribe(r), "topics[1]", "t\\xff");
+  r.mutable_topics()->RemoveLast();
+  r.set_from_oldest(true);
+  r.set_after_seq(3);
+  EXPECT_INVALID(ValidateSubscribe(r), "mutually exclusive");
+  v1::SubscribeRequest many;
+  for (int i = 0; i < 1025; ++i) many.add_queues("q");
+  EXPECT_INVALID(ValidateSubscribe(many), "more than 1024 filter entries");
+}
+
+TEST(ValidateTest, PublishChecksTopicSizesAndDurability) {
+  Limits limits;
+  limits.max_payload_bytes = 10;
+  limits.max_headers_bytes = 4;
+  v1::PublishRequest r;
+  EXPECT_INVALID(ValidatePublish(r, limits), "topic is required");
+  r.set_topic("news");
+  EXPECT_TRUE(ValidatePublish(r, limits).ok());
+  r.set_payload(std::string(11, 'x'));
+  EXPECT_INVALID(ValidatePublish(r, limits), "payload is 11 bytes", "--max-payload-bytes");
+  r.clear_payload();
+  (*r.mutable_headers())["key"] = "vv";
+  EXPECT_INVALID(ValidatePublish(r, limits), "headers total 5 bytes", "--max-headers-bytes");
+  r.clear_headers();
+  r.set_durability(static_cast<v1::Durability>(42));
+  EXPECT_INVALID(ValidatePublish(r, limits), "durability");
+}
+
 }  // namespace
 }  // namespace errand::service
