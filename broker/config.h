@@ -64,6 +64,14 @@ struct Config {
   // Default: 1 MiB.
   size_t max_result_bytes = 1 << 20;
 
+  // --- Operating it: logs ---
+  // --log-level: trace, debug, info, warn, error, critical or off.
+  // Default: info.
+  std::string log_level = "info";
+  // --log-format: "text" for people, "json" (one object per line) for
+  // machines. Default: text.
+  std::string log_format = "text";
+
   absl::Status Validate() const;
 };
 

@@ -8,6 +8,8 @@
 
 #include "broker.h"
 #include "config.h"
+#include "config_file.h"
+#include "logging.h"
 
 namespace {
 
@@ -98,6 +100,18 @@ int main(int argc, char** argv) {
   app.add_option("--max-result-bytes", config.max_result_bytes,
                  "largest result a worker may pass to Complete")
       ->capture_default_str();
+  // Operating it: logs.
+  app.add_option("--log-level", config.log_level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--log-format", config.log_format,
+                 "text, or json for one JSON object per line (time, level, msg)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+
+  // A config file and ERRAND_* environment variables for every option,
+  // wherever it is added.
+  errand::ConfigLayers layers(app, "ERRAND_");
   CLI11_PARSE(app, argc, argv);
 
   config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways
@@ -126,6 +140,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  if (layers.print_requested()) {
+    std::fputs(layers.Render().c_str(), stdout);
+    return 0;
+  }
+  if (auto s = errand::ConfigureLogging(config.log_level, config.log_format); !s.ok()) {
+    std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  spdlog::info("effective config: {}", layers.Summary());
 
   // Block the stop signals in every thread; the main thread waits for them.
   sigset_t stop_signals;
