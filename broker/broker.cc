@@ -124,6 +124,25 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     health->SetServingStatus(true);
     for (const char* s : kServices) health->SetServingStatus(s, true);
   }
+  // Operators' HTTP endpoints.
+  if (!config.http_listen.empty()) {
+    auto ops = OpsHttp::Start(config, &b->ctx_, b->store_.get());
+    if (!ops.ok()) {
+      b->Stop().IgnoreError();
+      return ops.status();
+    }
+    b->ops_http_ = std::move(*ops);
+    if (!config.http_port_file.empty()) {
+      std::string tmp = config.http_port_file + ".tmp";
+      {
+        std::ofstream out(tmp);
+        out << b->ops_http_->port() << "\n";
+      }
+      std::rename(tmp.c_str(), config.http_port_file.c_str());
+    }
+    spdlog::info("HTTP /metrics, /healthz and /readyz on port {} (listen {})",
+                 b->ops_http_->port(), config.http_listen);
+  }
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";
     {
@@ -145,6 +164,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
 absl::Status Broker::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
+  if (ops_http_) ops_http_->Stop();  // its scrapes post to core and read the store
   if (server_) {
     if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   }

@@ -100,7 +100,22 @@ int main(int argc, char** argv) {
   app.add_option("--max-result-bytes", config.max_result_bytes,
                  "largest result a worker may pass to Complete")
       ->capture_default_str();
-  // Operating it: logs.
+  // Operating it: HTTP endpoints and logs.
+  app.add_option("--http-listen", config.http_listen,
+                 "IP:PORT of the HTTP server for /metrics (Prometheus text format),\n"
+                 "/healthz and /readyz (port 0 picks a free one; empty disables it)")
+      ->capture_default_str();
+  app.add_option("--http-port-file", config.http_port_file,
+                 "write the bound HTTP port to this file");
+  std::string http_timeout = "10s";
+  app.add_option("--http-timeout", http_timeout,
+                 "an HTTP connection that has not sent its request and read the answer\n"
+                 "within this is closed (e.g. 10s, 500ms)")
+      ->capture_default_str();
+  app.add_option("--ready-min-free-bytes", config.ready_min_free_bytes,
+                 "/readyz answers 503 while the data directory's filesystem has less free\n"
+                 "space than this")
+      ->capture_default_str();
   app.add_option("--log-level", config.log_level, "trace, debug, info, warn, error, critical or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -113,6 +128,11 @@ int main(int argc, char** argv) {
   // wherever it is added.
   errand::ConfigLayers layers(app, "ERRAND_");
   CLI11_PARSE(app, argc, argv);
+  {
+    std::chrono::microseconds t;
+    if (!ParseDurationFlag(http_timeout, std::chrono::seconds(1), "--http-timeout", &t)) return 2;
+    config.http_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(t);
+  }
 
   config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways
                                    : errand::commit::SyncMode::kInterval;

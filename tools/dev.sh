@@ -18,6 +18,7 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
   librocksdb-dev libasio-dev libcli11-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  prometheus
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -2,6 +2,7 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <memory>
@@ -138,7 +139,10 @@ void CommitPipeline::Run() {
     if (std::chrono::steady_clock::now() - last_trim_ >= std::chrono::seconds(1)) TrimEvents();
     if (unsynced_ &&
         (stop || std::chrono::steady_clock::now() - first_unsynced_ >= options_.sync_interval)) {
+      const auto sync_start = std::chrono::steady_clock::now();
       if (store_->SyncWAL().ok()) {
+        fsync_seconds_.Observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
         fsyncs_++;
         unsynced_ = false;
       }
@@ -169,7 +173,18 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
       batch.Put(store_->events_cf(), store::EncodeBE64(seq), e.SerializeAsString());
     }
   }
+  const auto write_start = std::chrono::steady_clock::now();
   absl::Status status = store_->Write(&batch, sync);
+  if (sync && status.ok()) {
+    fsync_seconds_.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count());
+  }
+  group_sizes_.Observe(static_cast<double>(group.size()));
+  if (!status.ok() && !write_failing_.exchange(true)) {
+    spdlog::error("commit failed, writes are refused until one succeeds: {}", status.ToString());
+  } else if (status.ok() && write_failing_.exchange(false)) {
+    spdlog::info("commits succeed again");
+  }
   bool synced = false;
   uint64_t commit_seq = 0;
   if (status.ok()) {
