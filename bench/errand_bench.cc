@@ -200,8 +200,10 @@ class SpawnedBroker {
     dir_ = buf.data();
     const std::string port_file = dir_ + "/port";
     log_ = dir_ + "/broker.log";
+    // HTTP endpoints on a free port too: the default (7601) may be taken.
     std::vector<std::string> args = {path, "--listen=127.0.0.1:0", "--data-dir=" + dir_ + "/data",
-                                     "--port-file=" + port_file, "--commit=" + mode};
+                                     "--port-file=" + port_file, "--commit=" + mode,
+                                     "--http-listen=127.0.0.1:0"};
     const pid_t parent = ::getpid();
     pid_t pid = ::fork();
     if (pid < 0) {
