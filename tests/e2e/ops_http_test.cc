@@ -243,3 +243,64 @@ TEST(OpsHttpStartE2E, BadHttpListenStopsTheBrokerWithAMessage) {
 
 }  // namespace
 }  // namespace errand::e2e
+
+namespace errand::e2e {
+namespace {
+
+class OpsHttpSubscriberE2E : public BrokerTest {
+ protected:
+  std::vector<std::string> BrokerFlags() const override {
+    return {"--event-retention-count=50", "--event-retention-age=1h"};
+  }
+};
+
+// A subscriber that stops reading shows up as lag and catch-up; once the log
+// it needs is trimmed it is cut off, counted and logged.
+TEST_F(OpsHttpSubscriberE2E, StalledSubscriberShowsLagThenIsCutOff) {
+  const int port = broker_->http_port();
+  const uint64_t head0 = HeadSeq(client());
+  Client c(SmallWindowChannel(broker_->address()));
+  EventStream stalled(c.events.get(), SubscribeReq({}, {"fill"}, head0), /*read_now=*/false);
+  ASSERT_TRUE([&] {
+    for (int i = 0; i < 200; ++i) {
+      if (MetricValue(HttpGet(port, "/metrics").body, "errand_subscribers") == 1) return true;
+      std::this_thread::sleep_for(25ms);
+    }
+    return false;
+  }());
+  // 2,000 messages of 1 KiB: beyond the client's flow-control window and the
+  // hub's per-subscriber buffer.
+  const std::string payload(1024, 'x');
+  std::vector<std::thread> pubs;
+  auto pc = NewClient();
+  for (int t = 0; t < 4; ++t) {
+    pubs.emplace_back([&] {
+      for (int i = 0; i < 500; ++i) MustPublish(*pc, "fill", payload, v1::DURABILITY_ASYNC);
+    });
+  }
+  for (auto& th : pubs) th.join();
+  std::string scrape = HttpGet(port, "/metrics").body;
+  EXPECT_GT(MetricValue(scrape, "errand_subscriber_lag_max_events"), 100) << scrape;
+  EXPECT_EQ(MetricValue(scrape, "errand_subscribers_catching_up"), 1);
+  EXPECT_EQ(MetricValue(scrape, "errand_subscribers_cut_off_total"), 0);
+  // Wait (bounded) for the trim, seen through the metrics.
+  bool trimmed = false;
+  for (int i = 0; i < 200 && !trimmed; ++i) {
+    trimmed = MetricValue(HttpGet(port, "/metrics").body, "errand_event_log_first_seq") >
+              static_cast<double>(head0 + 1000);
+    if (!trimmed) std::this_thread::sleep_for(50ms);
+  }
+  ASSERT_TRUE(trimmed);
+  EXPECT_LE(MetricValue(HttpGet(port, "/metrics").body, "errand_event_log_retained_events"), 51);
+
+  stalled.StartReading();
+  stalled.Take(2000, 20s);
+  grpc::Status end;
+  ASSERT_TRUE(stalled.WaitEnd(&end, 10s));
+  EXPECT_EQ(end.error_code(), grpc::StatusCode::OUT_OF_RANGE) << Show(end);
+  EXPECT_EQ(MetricValue(HttpGet(port, "/metrics").body, "errand_subscribers_cut_off_total"), 1);
+  EXPECT_CONTAINS(broker_->Log(), "cut off: it fell behind the retained event log");
+}
+
+}  // namespace
+}  // namespace errand::e2e
