@@ -164,7 +164,6 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
 absl::Status Broker::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
-  if (ops_http_) ops_http_->Stop();  // its scrapes post to core and read the store
   if (server_) {
     if (auto* health = server_->GetHealthCheckService()) health->SetServingStatus(false);
   }
@@ -192,6 +191,9 @@ absl::Status Broker::Stop() {
       if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
+  // HTTP answered /readyz 503 ("shutting down") while in-flight calls
+  // finished; it stops before core and the store, which its scrapes use.
+  if (ops_http_) ops_http_->Stop();
   // 3. Stop the server. gRPC waits for every client connection to go away
   // before it completes a shutdown, and idle clients may keep theirs open, so
   // the remaining calls (idle streams, stragglers refused with UNAVAILABLE)

@@ -69,7 +69,7 @@ class Broker {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool stopped_ = false;
-  std::unique_ptr<OpsHttp> ops_http_;  // --http-listen; stopped first
+  std::unique_ptr<OpsHttp> ops_http_;  // --http-listen; stopped before core
 };
 
 }  // namespace errand

@@ -50,18 +50,25 @@ bool OpsHttp::GatherOnCore(metrics::BrokerSample* s, bool* stopping) {
   auto promise = std::make_shared<std::promise<Core>>();
   auto future = promise->get_future();
   const service::ServiceContext* ctx = ctx_;
-  ctx_->OnCore([ctx, promise] {
+  const bool full = s != nullptr;
+  ctx_->OnCore([ctx, promise, full] {
     Core c;
+    c.stopping = ctx->stopping;
+    if (!full) {  // readiness only
+      promise->set_value(std::move(c));
+      return;
+    }
     c.queues = ctx->engine->ListQueues();
     c.leases = ctx->engine->LeaseTotalsByQueue();
     c.hub = ctx->hub->stats();
     c.lease_waiters = ctx->engine->waiting_leases();
     c.wait_job_waiters = ctx->engine->waiting_jobs();
-    c.stopping = ctx->stopping;
     promise->set_value(std::move(c));
   });
   if (future.wait_for(kCoreTimeout) != std::future_status::ready) return false;
   Core c = future.get();
+  *stopping = c.stopping;
+  if (!full) return true;
   for (const v1::QueueStats& q : c.queues) {
     metrics::QueueSample m;
     m.queue = q.queue();
@@ -90,7 +97,6 @@ bool OpsHttp::GatherOnCore(metrics::BrokerSample* s, bool* stopping) {
   s->subscribers_cut_off_total = c.hub.cut_off;
   s->lease_waiters = c.lease_waiters;
   s->wait_job_waiters = c.wait_job_waiters;
-  *stopping = c.stopping;
   return true;
 }
 
@@ -115,9 +121,8 @@ absl::Status OpsHttp::Readiness(bool core_answered, bool stopping) const {
 }
 
 http::Response OpsHttp::Readyz() {
-  metrics::BrokerSample unused;
   bool stopping = false;
-  bool answered = GatherOnCore(&unused, &stopping);
+  bool answered = GatherOnCore(nullptr, &stopping);
   absl::Status s = Readiness(answered, stopping);
   if (s.ok()) return http::Response{200, "text/plain; charset=utf-8", "ready\n"};
   return http::Response{503, "text/plain; charset=utf-8",

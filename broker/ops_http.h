@@ -46,7 +46,8 @@ class OpsHttp {
 
   http::Response Metrics();
   http::Response Readyz();
-  // Copies what core owns into `s`; false when core did not answer in time.
+  // Copies what core owns into `s` (nullptr: only `stopping`); false when
+  // core did not answer in time.
   bool GatherOnCore(metrics::BrokerSample* s, bool* stopping);
   // OK when ready, else why not.
   absl::Status Readiness(bool core_answered, bool stopping) const;
