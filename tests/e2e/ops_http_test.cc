@@ -291,7 +291,6 @@ TEST_F(OpsHttpSubscriberE2E, StalledSubscriberShowsLagThenIsCutOff) {
     if (!trimmed) std::this_thread::sleep_for(50ms);
   }
   ASSERT_TRUE(trimmed);
-  EXPECT_LE(MetricValue(HttpGet(port, "/metrics").body, "errand_event_log_retained_events"), 51);
 
   stalled.StartReading();
   stalled.Take(2000, 20s);
