@@ -1,9 +1,14 @@
 // errand-bench: the job round trip workload of issue 6 against one broker.
 //
 //   errand-bench [--addr=127.0.0.1:7600 | --spawn-broker=PATH] [--mode=sync|async]
-//                [--n=20000] [--producers=4] [--workers=4] [--payload=256] [--rate=1000]
-//                [--paced-n=5000] [--phases=enqueue,drain,roundtrip,paced] [--queue=bench]
+//                [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]
+//                [--payload=256] [--rate=1000] [--paced-n=5000]
+//                [--batch-size=100] [--batch-n=100000]
+//                [--phases=enqueue,drain,roundtrip,paced,batch] [--queue=bench]
 //                [--phase-timeout=120] [--credits=ack|early]
+//                [--scale-n=1000000] [--restart-signal=kill|term]
+//                [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]
+//                [--waiters=10000] [--scale-channels=4]
 //                [--benchmark_* flags of Google Benchmark]
 //
 // Producers: P threads sharing ONE errand::Client (so one EnqueueStream), each
@@ -22,13 +27,37 @@
 //              -> completion ack at the worker
 //   paced      --paced-n jobs offered at --rate jobs/s (open loop schedule);
 //              latency = enqueue start -> completion ack at the worker
-// Each phase prints one line starting with "system=errand", and a summary
-// table follows at the end. Every phase gives up after --phase-timeout seconds
-// and says so (status=timeout); the exit code is then 1.
+//   batch      --batch-n jobs, P producer threads each calling the unary
+//              Jobs.EnqueueBatch with --batch-size jobs, one call at a time;
+//              latency = one EnqueueBatch call
+// The default phases are these five.
+// With a list of producer counts (--producers=1,4,16,64) enqueue, roundtrip
+// and batch run once per count; drain and paced run once, with the first.
+//
+// Opt-in scale phases (never in the default set). Each starts a broker of its
+// own on 127.0.0.1 with a temp data dir (so they need --spawn-broker):
+//   scale-ready    --scale-n READY jobs by EnqueueBatch; the broker's VmRSS and
+//                  VmHWM; then --restart-signal and a restart on the same data
+//                  dir; time from exec to the first lease served (unary Lease)
+//   scale-fanout   --subscribers Events.Subscribe streams over --scale-channels
+//                  connections while one worker completes --fanout-jobs jobs at
+//                  --fanout-rate/s; latency = completion ack -> event received
+//   scale-waiters  --waiters concurrent WaitJob long polls (callback API);
+//                  broker RSS growth while they wait, and every one answers
+//                  once its job completes; latency = completion ack -> answer
+// Each phase prints one line starting with "system=errand" (phase-specific
+// fields are appended at its end), and a summary table follows at the end.
+// Every phase gives up after --phase-timeout seconds and says so
+// (status=timeout); the exit code is then 1.
+//
+// Files: bench_support.* (flags, results, counters, EnqueueBatch producers),
+// spawned_broker.* (a broker process of our own), scale_phases.* (the scale
+// phases); this file parses the flags and runs the other phases.
 
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/support/client_callback.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -44,6 +73,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -51,44 +81,20 @@
 #include <thread>
 #include <vector>
 
+#include "bench_support.h"
 #include "errand/client.h"
 #include "errand/v1/admin.grpc.pb.h"
+#include "errand/v1/events.grpc.pb.h"
+#include "errand/v1/jobs.grpc.pb.h"
 #include "errand/v1/workers.grpc.pb.h"
+#include "scale_phases.h"
+#include "spawned_broker.h"
 
+namespace errand_bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-using std::chrono::nanoseconds;
-using std::chrono::seconds;
-
-int64_t NowNs() {
-  return std::chrono::duration_cast<nanoseconds>(Clock::now().time_since_epoch()).count();
-}
-
 // ---------------------------------------------------------------------------
-// Flags.
-
-struct Flags {
-  std::string addr = "127.0.0.1:7600";
-  std::string spawn_broker;  // path of errand-broker; empty: use --addr
-  std::string mode = "sync";
-  int n = 20000;
-  int producers = 4;
-  int workers = 4;
-  int payload = 256;
-  double rate = 1000;
-  int paced_n = 5000;
-  std::vector<std::string> phases = {"enqueue", "drain", "roundtrip", "paced"};
-  std::string queue = "bench";
-  int phase_timeout_s = 120;
-  // Workers: "ack" grants the next credit after the completion's ack (one job
-  // at a time); "early" grants it right after sending the complete, so the
-  // next lease rides the same commit group (a worker then holds up to 2).
-  std::string credits = "ack";
-};
-
-Flags g_flags;
+// Flags (the struct is in bench_support.h).
 
 std::vector<std::string> Split(const std::string& s, char sep) {
   std::vector<std::string> out;
@@ -103,9 +109,16 @@ std::vector<std::string> Split(const std::string& s, char sep) {
 void Usage() {
   std::fprintf(stderr,
                "usage: errand-bench [--addr=HOST:PORT | --spawn-broker=PATH] [--mode=sync|async]\n"
-               "  [--n=20000] [--producers=4] [--workers=4] [--payload=256] [--rate=1000]\n"
-               "  [--paced-n=5000] [--phases=enqueue,drain,roundtrip,paced] [--queue=bench]\n"
-               "  [--phase-timeout=120] [--credits=ack|early] [--benchmark_...]\n");
+               "  [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]\n"
+               "  [--payload=256] [--rate=1000] [--paced-n=5000] [--batch-size=100]\n"
+               "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced,batch]\n"
+               "  [--queue=bench] [--phase-timeout=120] [--credits=ack|early] [--benchmark_...]\n"
+               "phases: enqueue drain roundtrip paced batch (the default: all five), and the\n"
+               "opt-in scale phases, which need --spawn-broker (each starts its own broker):\n"
+               "  scale-ready    [--scale-n=1000000] [--restart-signal=kill|term]\n"
+               "  scale-fanout   [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]\n"
+               "  scale-waiters  [--waiters=10000]\n"
+               "  (fanout and waiters spread over [--scale-channels=4] connections)\n");
 }
 
 // Parses our flags out of argv; what is left (argv[0] and --benchmark_*) goes
@@ -138,7 +151,10 @@ bool ParseFlags(int* argc, char** argv) {
       else if (key == "--spawn-broker") g_flags.spawn_broker = val;
       else if (key == "--mode") g_flags.mode = val;
       else if (key == "--n") g_flags.n = std::stoi(val);
-      else if (key == "--producers") g_flags.producers = std::stoi(val);
+      else if (key == "--producers") {
+        g_flags.producers.clear();
+        for (const auto& v : Split(val, ',')) g_flags.producers.push_back(std::stoi(v));
+      }
       else if (key == "--workers") g_flags.workers = std::stoi(val);
       else if (key == "--payload") g_flags.payload = std::stoi(val);
       else if (key == "--rate") g_flags.rate = std::stod(val);
@@ -147,6 +163,15 @@ bool ParseFlags(int* argc, char** argv) {
       else if (key == "--queue") g_flags.queue = val;
       else if (key == "--phase-timeout") g_flags.phase_timeout_s = std::stoi(val);
       else if (key == "--credits") g_flags.credits = val;
+      else if (key == "--batch-size") g_flags.batch_size = std::stoi(val);
+      else if (key == "--batch-n") g_flags.batch_n = std::stoi(val);
+      else if (key == "--scale-n") g_flags.scale_n = std::stoi(val);
+      else if (key == "--restart-signal") g_flags.restart_signal = val;
+      else if (key == "--subscribers") g_flags.subscribers = std::stoi(val);
+      else if (key == "--fanout-jobs") g_flags.fanout_jobs = std::stoi(val);
+      else if (key == "--fanout-rate") g_flags.fanout_rate = std::stod(val);
+      else if (key == "--waiters") g_flags.waiters = std::stoi(val);
+      else if (key == "--scale-channels") g_flags.scale_channels = std::stoi(val);
       else {
         std::fprintf(stderr, "errand-bench: unknown flag %s\n", key.c_str());
         return false;
@@ -161,11 +186,39 @@ bool ParseFlags(int* argc, char** argv) {
     std::fprintf(stderr, "errand-bench: --mode must be sync or async\n");
     return false;
   }
-  if (g_flags.n < 1 || g_flags.producers < 1 || g_flags.workers < 1 || g_flags.rate <= 0 ||
+  if (g_flags.n < 1 || g_flags.workers < 1 || g_flags.rate <= 0 ||
       g_flags.paced_n < 1 || g_flags.payload < 0 || g_flags.phase_timeout_s < 1 ||
-      g_flags.n > 100000000 || g_flags.producers > 4096 || g_flags.workers > 4096) {
-    std::fprintf(stderr, "errand-bench: --n, --producers, --workers, --rate, --paced-n, "
+      g_flags.n > 100000000 || g_flags.workers > 4096) {
+    std::fprintf(stderr, "errand-bench: --n, --workers, --rate, --paced-n, "
                          "--phase-timeout must be positive (and sane)\n");
+    return false;
+  }
+  if (g_flags.producers.empty()) {
+    std::fprintf(stderr, "errand-bench: --producers needs at least one count\n");
+    return false;
+  }
+  for (int p : g_flags.producers) {
+    if (p < 1 || p > 4096) {
+      std::fprintf(stderr, "errand-bench: --producers: %d is not a count in 1..4096\n", p);
+      return false;
+    }
+  }
+  if (g_flags.batch_size < 1 || g_flags.batch_size > 100000 || g_flags.batch_n < 1 ||
+      g_flags.batch_n > 100000000) {
+    std::fprintf(stderr, "errand-bench: --batch-size must be 1..100000 (the broker's --max-batch "
+                         "bounds it too, default 1000) and --batch-n 1..100000000\n");
+    return false;
+  }
+  if (g_flags.scale_n < 1 || g_flags.scale_n > 100000000 || g_flags.subscribers < 1 ||
+      g_flags.subscribers > 100000 || g_flags.fanout_jobs < 1 || g_flags.fanout_jobs > 1000000 ||
+      g_flags.fanout_rate <= 0 || g_flags.waiters < 1 || g_flags.waiters > 1000000 ||
+      g_flags.scale_channels < 1 || g_flags.scale_channels > 64) {
+    std::fprintf(stderr, "errand-bench: --scale-n, --subscribers, --fanout-jobs, --fanout-rate, "
+                         "--waiters must be positive (and sane); --scale-channels 1..64\n");
+    return false;
+  }
+  if (g_flags.restart_signal != "kill" && g_flags.restart_signal != "term") {
+    std::fprintf(stderr, "errand-bench: --restart-signal must be kill or term\n");
     return false;
   }
   if (g_flags.credits != "ack" && g_flags.credits != "early") {
@@ -173,281 +226,49 @@ bool ParseFlags(int* argc, char** argv) {
     return false;
   }
   for (const auto& p : g_flags.phases) {
-    if (p != "enqueue" && p != "drain" && p != "roundtrip" && p != "paced") {
+    if (p != "enqueue" && p != "drain" && p != "roundtrip" && p != "paced" && p != "batch" &&
+        p != "scale-ready" && p != "scale-fanout" && p != "scale-waiters") {
       std::fprintf(stderr, "errand-bench: unknown phase %s\n", p.c_str());
       return false;
     }
+    if (IsScalePhase(p) && g_flags.spawn_broker.empty()) {
+      std::fprintf(stderr, "errand-bench: phase %s starts a broker of its own: it needs "
+                           "--spawn-broker=PATH\n", p.c_str());
+      return false;
+    }
   }
   return true;
 }
 
 // ---------------------------------------------------------------------------
-// A broker process of our own (--spawn-broker).
-
-class SpawnedBroker {
- public:
-  ~SpawnedBroker() { Stop(); }
-
-  bool Start(const std::string& path, const std::string& mode, std::string* addr) {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base && *base ? base : "/tmp") + "/errand-bench-XXXXXX";
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (::mkdtemp(buf.data()) == nullptr) {
-      std::perror("errand-bench: mkdtemp");
-      return false;
-    }
-    dir_ = buf.data();
-    const std::string port_file = dir_ + "/port";
-    log_ = dir_ + "/broker.log";
-    // HTTP endpoints on a free port too: the default (7601) may be taken.
-    std::vector<std::string> args = {path, "--listen=127.0.0.1:0", "--data-dir=" + dir_ + "/data",
-                                     "--port-file=" + port_file, "--commit=" + mode,
-                                     "--http-listen=127.0.0.1:0"};
-    const pid_t parent = ::getpid();
-    pid_t pid = ::fork();
-    if (pid < 0) {
-      std::perror("errand-bench: fork");
-      return false;
-    }
-    if (pid == 0) {
-      // The broker dies with us, even when we crash.
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      if (fd >= 0) {
-        ::dup2(fd, 1);
-        ::dup2(fd, 2);
-        ::close(fd);
-      }
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
-    pid_ = pid;
-    auto deadline = Clock::now() + seconds(20);
-    while (Clock::now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        std::fprintf(stderr, "errand-bench: the broker exited during start:\n%s\n", Log().c_str());
-        return false;
-      }
-      std::ifstream in(port_file);
-      int port = 0;
-      if (in >> port && port > 0) {
-        *addr = "127.0.0.1:" + std::to_string(port);
-        return true;
-      }
-      std::this_thread::sleep_for(milliseconds(10));
-    }
-    std::fprintf(stderr, "errand-bench: the broker wrote no port file in 20 s:\n%s\n",
-                 Log().c_str());
-    Stop();
-    return false;
-  }
-
-  // SIGTERM, up to 10 s for a clean exit, then SIGKILL; removes the temp dir.
-  void Stop() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGTERM);
-      auto deadline = Clock::now() + seconds(10);
-      int status = 0;
-      bool exited = false;
-      while (Clock::now() < deadline) {
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-          exited = true;
-          break;
-        }
-        std::this_thread::sleep_for(milliseconds(10));
-      }
-      if (!exited) {
-        ::kill(pid_, SIGKILL);
-        ::waitpid(pid_, &status, 0);
-      }
-      pid_ = -1;
-    }
-    if (!dir_.empty()) {
-      std::error_code ec;
-      std::filesystem::remove_all(dir_, ec);
-      dir_.clear();
-    }
-  }
-
-  pid_t pid() const { return pid_; }
-
-  std::string Log() const {
-    std::ifstream in(log_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  pid_t pid_ = -1;
-  std::string dir_;
-  std::string log_;
-};
-
-// ---------------------------------------------------------------------------
-// Shared state of a run.
+// Shared state of a run (with g_admin, g_run_id, g_server_mode and
+// g_broker_pid of bench_support.h).
 
 std::unique_ptr<errand::Client> g_client;
-std::unique_ptr<errand::v1::Admin::Stub> g_admin;
 std::unique_ptr<errand::v1::Workers::Stub> g_workers_stub;
-std::string g_run_id;                 // makes queue names unique per run
-std::string g_server_mode = "?";      // GetServerInfo.commit_mode
-std::string g_enqueued_queue;         // filled by the enqueue phase, drained by drain
+std::unique_ptr<errand::v1::Jobs::Stub> g_jobs_stub;
+std::string g_enqueued_queue;  // filled by the enqueue phase, drained by drain
 int g_enqueued_jobs = 0;
 bool g_any_failed = false;
-
-pid_t g_broker_pid = -1;             // spawned broker, for its CPU time
-
-// utime + stime of a process in microseconds (/proc/PID/stat), -1 if unknown.
-double CpuUs(pid_t pid) {
-  std::ifstream in(pid > 0 ? "/proc/" + std::to_string(pid) + "/stat" : "/proc/self/stat");
-  std::string line;
-  if (!std::getline(in, line)) return -1;
-  auto rp = line.rfind(')');
-  if (rp == std::string::npos) return -1;
-  std::istringstream ss(line.substr(rp + 2));
-  std::string field;
-  double utime = 0, stime = 0;
-  // After "pid (comm) ": state is field 3; utime and stime are fields 14, 15.
-  for (int f = 3; f <= 15 && ss >> field; ++f) {
-    if (f == 14) utime = std::stod(field);
-    if (f == 15) stime = std::stod(field);
-  }
-  return (utime + stime) * 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK));
-}
-
-struct ServerCounters {
-  bool ok = false;
-  double broker_cpu_us = -1;
-  double bench_cpu_us = -1;
-  uint64_t fsyncs = 0;
-  uint64_t writes = 0;
-  uint64_t commits = 0;
-};
-
-ServerCounters GetCounters() {
-  ServerCounters c;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
-  errand::v1::GetServerInfoResponse info;
-  grpc::Status s = g_admin->GetServerInfo(&ctx, errand::v1::GetServerInfoRequest(), &info);
-  if (!s.ok()) {
-    std::fprintf(stderr, "errand-bench: GetServerInfo: %s\n", s.error_message().c_str());
-    return c;
-  }
-  c.ok = true;
-  c.fsyncs = info.fsyncs();
-  c.writes = info.writes();
-  c.commits = info.commits();
-  c.broker_cpu_us = g_broker_pid > 0 ? CpuUs(g_broker_pid) : -1;
-  c.bench_cpu_us = CpuUs(0);
-  g_server_mode = info.commit_mode();
-  return c;
-}
-
-errand::v1::Durability RequestedDurability() {
-  return g_flags.mode == "sync" ? errand::v1::DURABILITY_SYNC : errand::v1::DURABILITY_ASYNC;
-}
-
-// A payload of --payload bytes whose first 8 bytes carry the enqueue start
-// (steady clock, ns; producers and workers share this process's clock).
-std::string MakePayload(int64_t start_ns) {
-  std::string p(std::max<size_t>(8, static_cast<size_t>(g_flags.payload)), 'x');
-  std::memcpy(p.data(), &start_ns, sizeof(start_ns));
-  return p;
-}
-
-int64_t PayloadStart(const std::string& p) {
-  int64_t v = 0;
-  if (p.size() >= sizeof(v)) std::memcpy(&v, p.data(), sizeof(v));
-  return v;
-}
-
-// What one phase measured.
-struct PhaseResult {
-  std::string phase;
-  uint64_t jobs = 0;     // completed units of the phase (enqueues or completions)
-  uint64_t target = 0;
-  double secs = 0;
-  std::vector<int64_t> lat_ns;
-  std::vector<int64_t> take_ns;
-  ServerCounters before, after;
-  std::map<std::string, uint64_t> acked;  // durability reached by enqueues
-  uint64_t errors = 0;
-  std::string first_error;
-  bool timed_out = false;
-  int64_t max_lag_ns = 0;  // paced: how late an enqueue started behind its schedule
-  std::string note;
-
-  double rate() const { return secs > 0 ? jobs / secs : 0; }
-  bool ok() const { return !timed_out && errors == 0 && jobs == target; }
-};
-
 std::vector<PhaseResult> g_results;
-
-// Collects errors and latencies from many threads.
-struct Sink {
-  std::mutex mu;
-  std::vector<int64_t> lat_ns;
-  std::vector<int64_t> take_ns;  // workers: credit granted -> delivery
-  std::map<std::string, uint64_t> acked;
-  std::atomic<uint64_t> errors{0};
-  std::string first_error;
-
-  void Merge(std::vector<int64_t>& lat, std::map<std::string, uint64_t>& ack,
-             const std::vector<int64_t>& take = {}) {
-    std::lock_guard<std::mutex> l(mu);
-    lat_ns.insert(lat_ns.end(), lat.begin(), lat.end());
-    take_ns.insert(take_ns.end(), take.begin(), take.end());
-    for (auto& [k, v] : ack) acked[k] += v;
-  }
-  void Error(const std::string& what) {
-    std::lock_guard<std::mutex> l(mu);
-    if (errors++ == 0) first_error = what;
-  }
-};
-
-std::string DurabilityName(errand::v1::Durability d) {
-  switch (d) {
-    case errand::v1::DURABILITY_SYNC: return "sync";
-    case errand::v1::DURABILITY_ASYNC: return "async";
-    default: return "unspecified";
-  }
-}
-
-// Waits until `done()` or the deadline; looks every 2 ms.
-template <typename F>
-bool WaitUntil(F done, Clock::time_point deadline) {
-  while (!done()) {
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return true;
-}
 
 // ---------------------------------------------------------------------------
 // Producers: P threads, one shared Client, one job at a time each.
 
 class Producers {
  public:
-  // Enqueues `total` jobs into `queue`. With rate > 0, job i starts no
-  // earlier than t0 + i/rate (open loop schedule); otherwise back to back.
-  Producers(std::string queue, uint64_t total, double rate, Sink* sink,
+  // `producers` threads enqueue `total` jobs into `queue`. With rate > 0, job
+  // i starts no earlier than t0 + i/rate (open loop schedule); otherwise back
+  // to back.
+  Producers(std::string queue, uint64_t total, double rate, int producers, Sink* sink,
             bool record_enqueue_latency)
-      : queue_(std::move(queue)), total_(total), rate_(rate), sink_(sink),
+      : queue_(std::move(queue)), total_(total), rate_(rate), producers_(producers), sink_(sink),
         record_(record_enqueue_latency) {}
 
   void Start(Clock::time_point deadline) {
     deadline_ = deadline;
     t0_ = Clock::now();
-    for (int i = 0; i < g_flags.producers; ++i) threads_.emplace_back([this] { Run(); });
+    for (int i = 0; i < producers_; ++i) threads_.emplace_back([this] { Run(); });
   }
   void Stop() { stop_ = true; }
   void Join() {
@@ -497,6 +318,7 @@ class Producers {
   std::string queue_;
   uint64_t total_;
   double rate_;
+  int producers_;
   Sink* sink_;
   bool record_;
   Clock::time_point t0_, deadline_;
@@ -638,10 +460,6 @@ class Workers {
 // ---------------------------------------------------------------------------
 // Phases.
 
-std::string QueueName(const std::string& phase) {
-  return g_flags.queue + "-" + g_run_id + "-" + phase;
-}
-
 // Puts n jobs into `queue` with EnqueueBatch (not measured).
 bool Prefill(const std::string& queue, uint64_t n, Clock::time_point deadline) {
   std::vector<errand::v1::EnqueueRequest> batch;
@@ -665,12 +483,15 @@ bool Prefill(const std::string& queue, uint64_t n, Clock::time_point deadline) {
   return true;
 }
 
-PhaseResult RunPhase(const std::string& phase) {
+// A phase against the shared broker, with `producers` producer threads.
+PhaseResult RunPhase(const std::string& phase, int producers) {
   PhaseResult res;
   res.phase = phase;
+  res.producers = producers;
   const auto timeout = seconds(g_flags.phase_timeout_s);
   Sink sink;
-  std::string queue = QueueName(phase);
+  std::string queue =
+      IsSweepPhase(phase) ? QueueName(phase + "-p" + std::to_string(producers)) : QueueName(phase);
 
   if (phase == "drain") {
     if (!g_enqueued_queue.empty() && g_enqueued_jobs == g_flags.n) {
@@ -692,7 +513,7 @@ PhaseResult RunPhase(const std::string& phase) {
 
   if (phase == "enqueue") {
     res.target = g_flags.n;
-    Producers prod(queue, res.target, 0, &sink, true);
+    Producers prod(queue, res.target, 0, producers, &sink, true);
     prod.Start(deadline);
     res.timed_out = !WaitUntil([&] { return prod.done() + sink.errors >= res.target; }, deadline);
     prod.Stop();
@@ -701,6 +522,14 @@ PhaseResult RunPhase(const std::string& phase) {
     res.jobs = prod.done();
     g_enqueued_queue = queue;
     g_enqueued_jobs = static_cast<int>(res.jobs);
+  } else if (phase == "batch") {
+    res.target = g_flags.batch_n;
+    BatchRun b = EnqueueBatches(g_jobs_stub.get(), queue, res.target, g_flags.batch_size,
+                                producers, deadline, &sink);
+    res.secs = std::chrono::duration<double>(Clock::now() - start).count();
+    res.jobs = b.jobs;
+    res.timed_out = b.timed_out;
+    res.extra = " batch_size=" + std::to_string(g_flags.batch_size);
   } else if (phase == "drain") {
     res.target = g_flags.n;
     Workers w(queue, res.target, &sink, false);
@@ -714,7 +543,7 @@ PhaseResult RunPhase(const std::string& phase) {
     const bool paced = phase == "paced";
     res.target = paced ? g_flags.paced_n : g_flags.n;
     Workers w(queue, res.target, &sink, true);
-    Producers prod(queue, res.target, paced ? g_flags.rate : 0, &sink, false);
+    Producers prod(queue, res.target, paced ? g_flags.rate : 0, producers, &sink, false);
     w.Start();
     prod.Start(deadline);
     res.timed_out = !WaitUntil([&] { return w.done() >= res.target || sink.errors > 0; }, deadline);
@@ -785,6 +614,13 @@ Summary Summarize(PhaseResult& r) {
   return s;
 }
 
+// The broker's commit mode during the phase (scale phases have their own).
+std::string ServerMode(const PhaseResult& r) {
+  if (r.after.ok) return r.after.commit_mode;
+  if (r.before.ok) return r.before.commit_mode;
+  return IsScalePhase(r.phase) ? "?" : g_server_mode;
+}
+
 void PrintLine(PhaseResult& r) {
   Summary s = Summarize(r);
   std::string status = r.timed_out ? "timeout" : (r.ok() ? "ok" : "error");
@@ -793,12 +629,12 @@ void PrintLine(PhaseResult& r) {
       "max_us=%.0f fsyncs_per_job=%.3f writes=%llu fsyncs=%llu writes_per_fsync=%.2f "
       "take_p50_us=%.0f take_p99_us=%.0f broker_cpu_us_per_job=%.1f bench_cpu_us_per_job=%.1f "
       "producers=%d workers=%d credits=%s payload=%d "
-      "server_commit=%s acked=%s status=%s\n",
+      "server_commit=%s acked=%s status=%s%s\n",
       g_flags.mode.c_str(), r.phase.c_str(), static_cast<unsigned long long>(r.jobs), r.secs,
       r.rate(), s.p50, s.p99, s.max, s.fsyncs_per_job, static_cast<unsigned long long>(s.writes),
       static_cast<unsigned long long>(s.fsyncs), s.writes_per_fsync, s.take_p50, s.take_p99,
-      s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, g_flags.producers, g_flags.workers, g_flags.credits.c_str(), g_flags.payload, g_server_mode.c_str(), AckedString(r.acked).c_str(),
-      status.c_str());
+      s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, r.producers, g_flags.workers, g_flags.credits.c_str(), g_flags.payload, ServerMode(r).c_str(), AckedString(r.acked).c_str(),
+      status.c_str(), r.extra.c_str());
   if (!r.ok()) {
     std::printf("#   %s: %llu of %llu jobs, %llu errors%s%s\n", r.phase.c_str(),
                 static_cast<unsigned long long>(r.jobs), static_cast<unsigned long long>(r.target),
@@ -808,9 +644,12 @@ void PrintLine(PhaseResult& r) {
   std::fflush(stdout);
 }
 
-void BM_Phase(benchmark::State& state, std::string phase) {
+void BM_Phase(benchmark::State& state, std::string phase, int producers) {
   for (auto _ : state) {
-    PhaseResult r = RunPhase(phase);
+    PhaseResult r = phase == "scale-ready"     ? RunScaleReady()
+                    : phase == "scale-fanout"  ? RunScaleFanout()
+                    : phase == "scale-waiters" ? RunScaleWaiters()
+                                               : RunPhase(phase, producers);
     state.SetIterationTime(std::max(r.secs, 1e-9));
     PrintLine(r);
     Summary s = Summarize(r);
@@ -829,29 +668,35 @@ void BM_Phase(benchmark::State& state, std::string phase) {
 }
 
 void PrintSummary() {
+  std::string plist;
+  for (int p : g_flags.producers) plist += (plist.empty() ? "" : ",") + std::to_string(p);
+  const bool shared = std::any_of(g_flags.phases.begin(), g_flags.phases.end(),
+                                  [](const std::string& p) { return !IsScalePhase(p); });
   std::printf("\nerrand-bench summary: broker %s, mode requested %s, broker commit mode %s, "
-              "%d producers (one shared Client), %d workers (Workers.Connect), %d-byte payloads\n",
-              g_flags.spawn_broker.empty() ? g_flags.addr.c_str() : "spawned",
-              g_flags.mode.c_str(), g_server_mode.c_str(), g_flags.producers, g_flags.workers,
-              g_flags.payload);
-  std::printf("  %-10s %8s %10s %9s %9s %9s %10s %12s  %s\n", "phase", "jobs", "jobs/s", "p50 us",
-              "p99 us", "max us", "fsync/job", "broker cpu/job", "");
+              "%s producers (one shared Client), %d workers (Workers.Connect), %d-byte payloads\n",
+              !shared ? "of its own per scale phase"
+              : g_flags.spawn_broker.empty() ? g_flags.addr.c_str() : "spawned",
+              g_flags.mode.c_str(), shared ? g_server_mode.c_str() : g_flags.mode.c_str(),
+              plist.c_str(), g_flags.workers, g_flags.payload);
+  std::printf("  %-13s %4s %8s %10s %9s %9s %9s %10s %12s  %s\n", "phase", "P", "jobs", "jobs/s",
+              "p50 us", "p99 us", "max us", "fsync/job", "broker cpu/job", "");
   for (auto& r : g_results) {
     Summary s = Summarize(r);
     std::string extra = r.note;
     if (!r.ok()) extra = std::string(r.timed_out ? "TIMED OUT " : "ERRORS ") + extra;
-    std::printf("  %-10s %8llu %10.0f %9.0f %9.0f %9.0f %10.3f %11.0fus  %s\n", r.phase.c_str(),
-                static_cast<unsigned long long>(r.jobs), r.rate(), s.p50, s.p99, s.max,
-                s.fsyncs_per_job, s.broker_cpu_us_per_job, extra.c_str());
+    std::printf("  %-13s %4d %8llu %10.0f %9.0f %9.0f %9.0f %10.3f %11.0fus  %s\n",
+                r.phase.c_str(), r.producers, static_cast<unsigned long long>(r.jobs), r.rate(),
+                s.p50, s.p99, s.max, s.fsyncs_per_job, s.broker_cpu_us_per_job, extra.c_str());
   }
   std::printf("  latency: enqueue = one Enqueue call; drain = complete->ack; roundtrip/paced = "
-              "enqueue start->completion ack\n");
+              "enqueue start->completion ack; batch, scale-ready = one EnqueueBatch call; "
+              "scale-fanout, scale-waiters = completion ack->event or answer\n");
   std::fflush(stdout);
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int Main(int argc, char** argv) {
   if (!ParseFlags(&argc, argv)) {
     Usage();
     return 2;
@@ -859,15 +704,22 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
 
+  g_run_id = std::to_string(::getpid()) + "-" +
+             std::to_string(std::chrono::duration_cast<milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  // The shared broker serves every phase but the scale ones.
+  const bool shared = std::any_of(g_flags.phases.begin(), g_flags.phases.end(),
+                                  [](const std::string& p) { return !IsScalePhase(p); });
   SpawnedBroker broker;
   std::string addr = g_flags.addr;
-  if (!g_flags.spawn_broker.empty()) {
+  if (shared && !g_flags.spawn_broker.empty()) {
     if (!broker.Start(g_flags.spawn_broker, g_flags.mode, &addr)) return 1;
     g_broker_pid = broker.pid();
     std::fprintf(stderr, "errand-bench: spawned broker pid %d on %s (--commit=%s)\n", broker.pid(),
                  addr.c_str(), g_flags.mode.c_str());
   }
-  {
+  if (shared) {
     errand::ClientOptions opts;
     opts.address = addr;
     opts.connect_timeout = milliseconds(10000);
@@ -878,28 +730,37 @@ int main(int argc, char** argv) {
       return 1;
     }
     g_client = std::move(*c);
+    g_admin = errand::v1::Admin::NewStub(g_client->channel());
+    g_workers_stub = errand::v1::Workers::NewStub(g_client->channel());
+    g_jobs_stub = errand::v1::Jobs::NewStub(g_client->channel());
+    if (!GetCounters().ok) return 1;
   }
-  g_admin = errand::v1::Admin::NewStub(g_client->channel());
-  g_workers_stub = errand::v1::Workers::NewStub(g_client->channel());
-  if (!GetCounters().ok) return 1;
-  g_run_id = std::to_string(::getpid()) + "-" +
-             std::to_string(std::chrono::duration_cast<milliseconds>(
-                                std::chrono::system_clock::now().time_since_epoch())
-                                .count());
 
   for (const auto& phase : g_flags.phases) {
-    benchmark::RegisterBenchmark(("errand/" + g_flags.mode + "/" + phase).c_str(), BM_Phase, phase)
-        ->UseManualTime()
-        ->Iterations(1)
-        ->Unit(benchmark::kMillisecond);
+    // Sweep phases run once per producer count; the others with the first.
+    std::vector<int> counts = {g_flags.producers.front()};
+    if (IsSweepPhase(phase)) counts = g_flags.producers;
+    for (int p : counts) {
+      std::string name = "errand/" + g_flags.mode + "/" + phase;
+      if (!IsScalePhase(phase)) name += "/P=" + std::to_string(p);
+      benchmark::RegisterBenchmark(name.c_str(), BM_Phase, phase, p)
+          ->UseManualTime()
+          ->Iterations(1)
+          ->Unit(benchmark::kMillisecond);
+    }
   }
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   PrintSummary();
 
+  g_jobs_stub.reset();
   g_workers_stub.reset();
   g_admin.reset();
   g_client.reset();
   broker.Stop();
   return g_any_failed ? 1 : 0;
 }
+
+}  // namespace errand_bench
+
+int main(int argc, char** argv) { return errand_bench::Main(argc, argv); }

@@ -9,12 +9,46 @@
 #include <future>
 
 #include "grpc/health/v1/health.pb.h"
+#include "util/thread_name.h"
 
 namespace errand {
 namespace {
 
 constexpr const char* kServices[] = {"errand.v1.Jobs", "errand.v1.Workers", "errand.v1.Events",
                                      "errand.v1.Admin"};
+
+// TLS server credentials from the configured PEM files, or plaintext.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const Config& c) {
+  if (c.tls_cert.empty()) return grpc::InsecureServerCredentials();
+  auto read = [](const std::string& path, const char* flag) -> absl::StatusOr<std::string> {
+    std::ifstream in(path, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (!in.good() && !in.eof()) {
+      return absl::InvalidArgumentError(std::string("cannot read ") + flag + " " + path);
+    }
+    if (text.find("-----BEGIN ") == std::string::npos) {
+      return absl::InvalidArgumentError(std::string(flag) + " " + path +
+                                        " is not a PEM file (or cannot be read)");
+    }
+    return text;
+  };
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  auto cert = read(c.tls_cert, "--tls-cert");
+  if (!cert.ok()) return cert.status();
+  auto key = read(c.tls_key, "--tls-key");
+  if (!key.ok()) return key.status();
+  pair.cert_chain = std::move(*cert);
+  pair.private_key = std::move(*key);
+  grpc::SslServerCredentialsOptions opts(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  opts.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!c.tls_client_ca.empty()) {
+    auto ca = read(c.tls_client_ca, "--tls-client-ca");
+    if (!ca.ok()) return ca.status();
+    opts.pem_root_certs = std::move(*ca);
+    opts.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(opts);
+}
 
 // Runs `fn` on core and waits for it. Only for start and stop.
 template <typename F>
@@ -31,7 +65,23 @@ void RunOnCore(asio::io_context& core, F fn) {
 
 absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   if (auto s = config.Validate(); !s.ok()) return s;
+  if (auto s = config.ValidateSecurity(); !s.ok()) return s;
+  auto credentials = ServerCredentials(config);
+  if (!credentials.ok()) return credentials.status();
   std::unique_ptr<Broker> b(new Broker(config));
+  if (!config.token_file.empty()) {
+    auto auth = auth::Authenticator::Open(config.token_file);
+    if (!auth.ok()) return auth.status();
+    b->auth_ = std::move(*auth);
+    b->ctx_.auth = b->auth_.get();
+  } else if (!IsLoopbackAddress(config.listen)) {
+    spdlog::warn("--insecure: serving {} with no token file; anyone who can reach it may call "
+                 "every RPC", config.listen);
+  }
+  if (b->auth_ && config.tls_cert.empty() && !IsLoopbackAddress(config.listen)) {
+    spdlog::warn("bearer tokens travel in clear text on {}: give --tls-cert and --tls-key",
+                 config.listen);
+  }
 
   auto store = store::JobStore::Open({config.data_dir, nullptr});
   if (!store.ok()) return store.status();
@@ -69,8 +119,8 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   b->hub_ = std::make_unique<hub::EventHub>(b->core_, b->readers_, b->store_.get(),
                                             b->pipeline_.get(), hub::EventHub::Options{},
                                             *last_seq);
-  b->engine_->SetEventSink(
-      [raw](const std::vector<v1::Event>& events) {
+  b->pipeline_->SetEventSink(
+      [raw](std::vector<v1::Event>&& events) {
         raw->hub_->Publish(events);
         raw->workers_.OnEvents(events);
       });
@@ -78,7 +128,10 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   b->pipeline_->Start();
   b->work_ = std::make_unique<asio::executor_work_guard<asio::io_context::executor_type>>(
       b->core_.get_executor());
-  b->core_thread_ = std::thread([raw] { raw->core_.run(); });
+  b->core_thread_ = std::thread([raw] {
+    util::SetThreadName("errand-core");
+    raw->core_.run();
+  });
   RunOnCore(b->core_, [raw] { raw->engine_->Start(); });
 
   auto& ctx = b->ctx_;
@@ -108,7 +161,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &b->port_);
+  builder.AddListeningPort(config.listen, *credentials, &b->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
   builder.RegisterService(b->jobs_service_.get());
@@ -158,6 +211,11 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
                                    : ", sync every " +
                                          std::to_string(config.sync_interval.count()) + " ms",
                ctx.boot_epoch);
+  spdlog::info("security: {}{}, {}", config.tls_cert.empty() ? "plaintext" : "TLS",
+               config.tls_client_ca.empty() ? "" : " with client certificates (mutual TLS)",
+               b->auth_ ? std::to_string(b->auth_->size()) + " bearer tokens from " +
+                              config.token_file
+                        : std::string("no bearer tokens"));
   return b;
 }
 
@@ -215,6 +273,11 @@ absl::Status Broker::Stop() {
   spdlog::info("errand-broker stopped: {} writes in {} commits, {} fsyncs", st.writes, st.groups,
                st.fsyncs);
   return s;
+}
+
+absl::Status Broker::ReloadTokens() {
+  if (!auth_) return absl::FailedPreconditionError("no --token-file to reload");
+  return auth_->Reload();
 }
 
 Broker::~Broker() { Stop().IgnoreError(); }

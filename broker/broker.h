@@ -9,6 +9,7 @@
 #include <memory>
 #include <thread>
 
+#include "auth/authenticator.h"
 #include "commit/commit_pipeline.h"
 #include "config.h"
 #include "dispatch/engine.h"
@@ -47,6 +48,10 @@ class Broker {
   // close the store. Idempotent.
   absl::Status Stop();
 
+  // SIGHUP: re-reads --token-file. On error the current tokens stay and the
+  // status says why; FAILED_PRECONDITION when the broker runs without one.
+  absl::Status ReloadTokens();
+
  private:
   explicit Broker(const Config& config) : config_(config) {}
 
@@ -66,6 +71,7 @@ class Broker {
   std::unique_ptr<service::WorkersService> workers_service_;
   std::unique_ptr<service::EventsService> events_service_;
   std::unique_ptr<service::AdminService> admin_service_;
+  std::unique_ptr<auth::Authenticator> auth_;  // null without --token-file
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool stopped_ = false;

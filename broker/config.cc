@@ -88,4 +88,43 @@ absl::Status Config::Validate() const {
   return absl::OkStatus();
 }
 
+// --- Security: TLS and bearer tokens ---
+
+bool IsLoopbackAddress(const std::string& listen) {
+  std::string a = listen;
+  if (a.rfind("unix:", 0) == 0 || a.rfind("unix-abstract:", 0) == 0) return true;
+  if (a.rfind("ipv4:", 0) == 0) a = a.substr(5);
+  if (a.rfind("ipv6:", 0) == 0) a = a.substr(5);
+  std::string host;
+  if (!a.empty() && a[0] == '[') {
+    size_t end = a.find(']');
+    if (end == std::string::npos) return false;
+    host = a.substr(1, end - 1);
+  } else {
+    size_t colon = a.rfind(':');
+    host = colon == std::string::npos ? a : a.substr(0, colon);
+  }
+  if (host == "localhost" || host == "::1") return true;
+  // 127.0.0.0/8.
+  return host.rfind("127.", 0) == 0 &&
+         host.find_first_not_of("0123456789.") == std::string::npos;
+}
+
+absl::Status Config::ValidateSecurity() const {
+  if (tls_cert.empty() != tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key must be given together");
+  }
+  if (!tls_client_ca.empty() && tls_cert.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key");
+  }
+  if (token_file.empty() && !insecure && !IsLoopbackAddress(listen)) {
+    return absl::InvalidArgumentError(
+        "refusing to listen on " + listen +
+        " without --token-file: anyone who can reach it could enqueue, lease and purge jobs. "
+        "Give --token-file (and --tls-cert/--tls-key), or --insecure to serve it open");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace errand

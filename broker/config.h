@@ -86,7 +86,32 @@ struct Config {
   std::string log_format = "text";
 
   absl::Status Validate() const;
+
+  // --- Security: TLS and bearer tokens (README "Security") ---
+  // --tls-cert, --tls-key: PEM certificate chain and private key; when set
+  // the gRPC port speaks TLS only. Default: none (plaintext).
+  std::string tls_cert;
+  std::string tls_key;
+  // --tls-client-ca: PEM CA certificates; when set every client must present
+  // a certificate signed by one of them (mutual TLS). Needs --tls-cert.
+  // Default: none.
+  std::string tls_client_ca;
+  // --token-file: bearer tokens with roles and queue patterns (format in
+  // auth/token_table.h); re-read on SIGHUP. Default: none (no token checks).
+  std::string token_file;
+  // --insecure: allow a non-loopback --listen address without --token-file.
+  // Default: false.
+  bool insecure = false;
+
+  // Checks the security fields: cert and key come together, the client CA
+  // needs them, and without a token file only loopback addresses are
+  // allowed unless `insecure`.
+  absl::Status ValidateSecurity() const;
 };
+
+// True when a gRPC listen address ("127.0.0.1:7600", "[::1]:0",
+// "localhost:7600", "unix:/path") can only be reached from this machine.
+bool IsLoopbackAddress(const std::string& listen);
 
 // Parses "250ms", "30s", "5m", "1h" (a bare number means `bare_unit`).
 absl::StatusOr<std::chrono::microseconds> ParseDuration(const std::string& text,

@@ -176,6 +176,13 @@ std::string Canonical(std::string key) {
 }
 
 bool IsSecret(const std::string& name) {
+  // A file or path option names where a secret is, not the secret.
+  for (const char* suffix : {"-file", "-path", "-dir"}) {
+    const std::string sfx = suffix;
+    if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      return false;
+    }
+  }
   for (const char* word : {"token", "secret", "password"}) {
     if (name.find(word) != std::string::npos) return true;
   }

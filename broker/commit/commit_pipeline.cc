@@ -5,11 +5,12 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
-
 #include <utility>
 
 #include "store/keys.h"
+#include "util/thread_name.h"
 
 namespace errand::commit {
 
@@ -66,7 +67,14 @@ void CommitPipeline::Start() {
   absl::MutexLock lock(&mu_);
   if (started_) return;
   started_ = true;
-  thread_ = std::thread([this] { Run(); });
+  syncer_ = std::thread([this] {
+    util::SetThreadName("errand-fsync");
+    RunSyncer();
+  });
+  thread_ = std::thread([this] {
+    util::SetThreadName("errand-commit");
+    Run();
+  });
 }
 
 void CommitPipeline::Submit(Mutation m, Done done) {
@@ -90,15 +98,100 @@ void CommitPipeline::Stop() {
     stopping_ = true;
     if (!started_) {
       started_ = true;
-      thread_ = std::thread([this] { Run(); });
+      syncer_ = std::thread([this] {
+    util::SetThreadName("errand-fsync");
+    RunSyncer();
+  });
+      thread_ = std::thread([this] {
+    util::SetThreadName("errand-commit");
+    Run();
+  });
     }
   }
   if (thread_.joinable()) thread_.join();
+  {
+    absl::MutexLock lock(&sync_mu_);
+    sync_stop_ = true;
+  }
+  if (syncer_.joinable()) syncer_.join();
 }
 
 bool CommitPipeline::Idle() const {
-  absl::MutexLock lock(&mu_);
-  return queue_.empty() && !committing_;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!queue_.empty() || committing_) return false;
+  }
+  absl::MutexLock lock(&sync_mu_);
+  return to_sync_.empty() && !syncing_;
+}
+
+void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
+                             const absl::Status& error) {
+  if (pending.empty()) return;
+  post_([pending = std::move(pending), synced, error, sink = &sink_]() mutable {
+    std::vector<v1::Event> events;
+    for (Pending& p : pending) {
+      if (!error.ok()) {
+        if (p.done) {
+          CommitResult cr;
+          cr.status = error;
+          p.done(std::move(cr));
+        }
+        continue;
+      }
+      if (p.done) {
+        p.result.synced = synced;
+        p.done(std::move(p.result));
+      }
+      if (events.empty()) {
+        events = std::move(p.events);
+      } else {
+        for (v1::Event& e : p.events) events.push_back(std::move(e));
+      }
+    }
+    if (!events.empty() && *sink) (*sink)(std::move(events));
+  });
+}
+
+void CommitPipeline::RunSyncer() {
+  std::vector<Pending> batch;
+  for (;;) {
+    bool stopping = false;
+    {
+      absl::MutexLock lock(&sync_mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
+        return !to_sync_.empty() || sync_stop_;
+      };
+      if (batch.empty()) sync_mu_.Await(absl::Condition(&has_work));
+      if (batch.empty() && to_sync_.empty()) return;  // stopping, nothing left
+      for (Pending& p : to_sync_) batch.push_back(std::move(p));
+      to_sync_.clear();
+      syncing_ = true;
+      stopping = sync_stop_;
+    }
+    // Everything in `batch` was written before it was handed over, so this
+    // one fsync covers all of it.
+    const auto sync_start = std::chrono::steady_clock::now();
+    absl::Status s = store_->SyncWAL();
+    if (s.ok()) {
+      fsync_seconds_.Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
+      fsyncs_++;
+      Deliver(std::move(batch), /*synced=*/true, absl::OkStatus());
+      batch.clear();
+    } else if (stopping) {
+      Deliver(std::move(batch), /*synced=*/false, s);
+      batch.clear();
+    } else {
+      // Keep the batch and try again (SyncWAL recovers the store once it
+      // can); new arrivals join it.
+      absl::MutexLock lock(&sync_mu_);
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return sync_stop_; };
+      sync_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
+    }
+    absl::MutexLock lock(&sync_mu_);
+    syncing_ = !batch.empty();
+  }
 }
 
 CommitPipeline::Stats CommitPipeline::stats() const {
@@ -131,7 +224,7 @@ void CommitPipeline::Run() {
       committing_ = !group.empty();
     }
     if (!group.empty()) {
-      CommitGroup(group);  // posts the results before returning
+      CommitGroup(group);  // posts the results or hands them to the syncer
       group.clear();
       absl::MutexLock lock(&mu_);
       committing_ = false;
@@ -153,11 +246,9 @@ void CommitPipeline::Run() {
 
 void CommitPipeline::CommitGroup(std::vector<Item>& group) {
   rocksdb::WriteBatch batch;
-  bool sync = false;
   const uint64_t first_seq = event_seq_;
   uint64_t seq = first_seq;
   for (Item& item : group) {
-    sync = sync || item.mutation.sync;
     for (const WriteOp& op : item.mutation.ops) {
       rocksdb::ColumnFamilyHandle* cf = op.cf == Cf::kJobs     ? store_->jobs_cf()
                                         : op.cf == Cf::kEvents ? store_->events_cf()
@@ -173,59 +264,57 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
       batch.Put(store_->events_cf(), store::EncodeBE64(seq), e.SerializeAsString());
     }
   }
-  const auto write_start = std::chrono::steady_clock::now();
-  absl::Status status = store_->Write(&batch, sync);
-  if (sync && status.ok()) {
-    fsync_seconds_.Observe(
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - write_start).count());
-  }
+  absl::Status status = store_->Write(&batch, /*sync=*/false);
   group_sizes_.Observe(static_cast<double>(group.size()));
   if (!status.ok() && !write_failing_.exchange(true)) {
     spdlog::error("commit failed, writes are refused until one succeeds: {}", status.ToString());
   } else if (status.ok() && write_failing_.exchange(false)) {
     spdlog::info("commits succeed again");
   }
-  bool synced = false;
-  uint64_t commit_seq = 0;
-  if (status.ok()) {
-    if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
-    event_seq_ = seq;
-    committed_event_seq_.store(seq);
-    groups_++;
-    writes_ += group.size();
-    if (sync) {
-      fsyncs_++;
-      unsynced_ = false;
-    } else if (!unsynced_) {
+  if (!status.ok()) {
+    failed_ += group.size();
+    std::vector<Pending> failed;
+    failed.reserve(group.size());
+    for (Item& item : group) failed.push_back(Pending{std::move(item.done), {}, {}});
+    Deliver(std::move(failed), false, status);
+    return;
+  }
+  if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
+  event_seq_ = seq;
+  committed_event_seq_.store(seq);
+  groups_++;
+  writes_ += group.size();
+  const uint64_t commit_seq = store_->LatestSequence();
+  // In kAlways mode the events of async mutations still wait for the fsync.
+  const bool events_wait = options_.mode == SyncMode::kAlways;
+  std::vector<Pending> now, later;
+  for (Item& item : group) {
+    Pending p{std::move(item.done), {}, std::move(item.mutation.events)};
+    p.result.commit_seq = commit_seq;
+    if (!p.events.empty()) {
+      p.result.first_event_seq = p.events.front().seq();
+      p.result.event_count = static_cast<uint32_t>(p.events.size());
+    }
+    if (item.mutation.sync) {
+      later.push_back(std::move(p));
+    } else if (events_wait && !p.events.empty()) {
+      // Acknowledge now, publish after the fsync.
+      later.push_back(Pending{nullptr, {}, std::move(p.events)});
+      p.events.clear();
+      now.push_back(std::move(p));
+    } else {
+      now.push_back(std::move(p));
+    }
+    if (!item.mutation.sync && !unsynced_) {
       unsynced_ = true;
       first_unsynced_ = std::chrono::steady_clock::now();
     }
-    synced = sync;
-    commit_seq = store_->LatestSequence();
-  } else {
-    failed_ += group.size();
   }
-  struct Result {
-    Done done;
-    std::vector<v1::Event> events;
-  };
-  std::vector<Result> results;
-  results.reserve(group.size());
-  for (Item& item : group) {
-    Result r{std::move(item.done), {}};
-    if (status.ok()) r.events = std::move(item.mutation.events);
-    results.push_back(std::move(r));
+  if (!later.empty()) {
+    absl::MutexLock lock(&sync_mu_);
+    for (Pending& p : later) to_sync_.push_back(std::move(p));
   }
-  post_([results = std::move(results), status, synced, commit_seq]() mutable {
-    for (Result& r : results) {
-      CommitResult cr;
-      cr.status = status;
-      cr.synced = synced;
-      cr.commit_seq = commit_seq;
-      cr.events = std::move(r.events);
-      r.done(std::move(cr));
-    }
-  });
+  Deliver(std::move(now), /*synced=*/false, absl::OkStatus());
 }
 
 }  // namespace errand::commit

@@ -56,24 +56,53 @@ struct CommitResult {
   bool synced = false;
   // RocksDB sequence number after the group's write.
   uint64_t commit_seq = 0;
-  // The mutation's events with their sequence numbers (empty on failure).
-  std::vector<v1::Event> events;
+  // The sequence numbers given to the mutation's events: first_event_seq
+  // .. first_event_seq + event_count - 1 (0 and 0 without events or on
+  // failure). The events themselves go to the event sink.
+  uint64_t first_event_seq = 0;
+  uint32_t event_count = 0;
 };
 
-// The group-commit pipeline: a single thread takes every mutation queued
-// while the previous group was being written, writes them as one RocksDB
-// WriteBatch with one (optional) fsync, and delivers all their results in one
-// closure through `post` (the broker passes "post to core").
+// The group-commit pipeline. Two threads:
+//  - the writer takes every mutation queued while it was busy, gives their
+//    events sequence numbers and writes them as one RocksDB WriteBatch to the
+//    WAL, without fsync. Results of mutations that did not ask for sync are
+//    delivered at once, through `post` (the broker passes "post to core");
+//    the others are handed to the syncer.
+//  - the syncer fsyncs the WAL (DB::SyncWAL) for every group handed over
+//    since its previous fsync, then delivers their results.
+// So the writer writes group N+1 while the syncer fsyncs group N, concurrent
+// sync writers share fsyncs (under load the number of fsyncs per write falls
+// well below one), and an async write (a lease, say) never waits behind
+// somebody else's fsync.
 //
-// Concurrent sync writers therefore share fsyncs: under load the number of
-// fsyncs per write falls well below one.
+// Events: every committed event goes to the event sink (through `post`),
+// never to the result. In kAlways mode an event is handed on only once it is
+// fsynced, even when its mutation was acknowledged before (a lease): a
+// sequence number a subscriber saw is never lost to a power cut and reused.
+// In kInterval mode events go out with their write, as the mode promises.
 //
-// Thread: Submit may be called from any thread. The mutex guards the queue
-// only; the write itself runs outside it.
+// Ordering: results of one group are delivered in submission order, but an
+// async result may be delivered before the result of an earlier sync write
+// that is still being fsynced, and the same holds for events: the caller must
+// not depend on the order of results of independent mutations, and the event
+// sink must put events back in sequence order (the EventHub does). A write
+// that is written but not yet fsynced is visible to RocksDB reads; it is
+// acknowledged only after the fsync.
+//
+// A failed fsync (or a write error after the write, e.g. a full disk) holds
+// the sync results: the syncer retries, and JobStore::SyncWAL recovers the
+// store once it can (RocksDB then flushes the memtables, which makes the
+// held writes durable), so they are acknowledged only when durable. At Stop,
+// results still held get the error.
+//
+// Thread: Submit may be called from any thread. The mutexes guard the queues
+// only; writes and fsyncs run outside them.
 class CommitPipeline {
  public:
   using Done = std::function<void(CommitResult&&)>;
   using Post = std::function<void(std::function<void()>)>;
+  using EventSink = std::function<void(std::vector<v1::Event>&&)>;
 
   struct Options {
     SyncMode mode = SyncMode::kAlways;
@@ -105,6 +134,11 @@ class CommitPipeline {
   CommitPipeline(const CommitPipeline&) = delete;
   CommitPipeline& operator=(const CommitPipeline&) = delete;
 
+  // Where committed events go (run through `post`; batches may arrive out of
+  // sequence order, see above). Without a sink they are dropped.
+  // REQUIRES: before Start.
+  void SetEventSink(EventSink sink) { sink_ = std::move(sink); }
+
   // Starts the commit thread. Mutations submitted before Start form the first
   // group.
   void Start();
@@ -131,8 +165,8 @@ class CommitPipeline {
   const Options& options() const { return options_; }
 
   // Metrics. Mutations per group written (one RocksDB write each), and the
-  // duration of every fsync: a synced write, or a background WAL sync, in
-  // seconds. Thread: any.
+  // duration of every WAL fsync (the syncer's, or async mode's background
+  // sync), in seconds. Thread: any.
   const metrics::Histogram& group_sizes() const { return group_sizes_; }
   const metrics::Histogram& fsync_seconds() const { return fsync_seconds_; }
   // True while the latest write failed (e.g. disk full): writes are being
@@ -145,18 +179,38 @@ class CommitPipeline {
     Done done;
   };
 
+  // A written mutation's result (`done` empty: only events to hand on).
+  struct Pending {
+    Done done;
+    CommitResult result;
+    std::vector<v1::Event> events;
+  };
+
+  // Posts `pending`'s results (with `synced`, or with `error`) and then
+  // hands their events to the sink.
+  void Deliver(std::vector<Pending> pending, bool synced, const absl::Status& error);
+
   void Run();
+  void RunSyncer();
   void CommitGroup(std::vector<Item>& group);
 
   store::JobStore* const store_;
   const Options options_;
   const Post post_;
+  EventSink sink_;
 
   mutable absl::Mutex mu_;
   std::vector<Item> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool committing_ ABSL_GUARDED_BY(mu_) = false;
+
+  // Written mutations waiting for an fsync, and whether the syncer is busy.
+  mutable absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::vector<Pending> to_sync_ ABSL_GUARDED_BY(sync_mu_);
+  bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
+  bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
+  std::thread syncer_;
 
   // Commit thread only.
   bool unsynced_ = false;

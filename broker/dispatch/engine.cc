@@ -170,7 +170,7 @@ void Engine::ReleaseJob(JobEntry& e) {
   // that started a new write (busy again) holds back the rest.
   while (!e.busy && !e.deferred.empty()) {
     auto fn = std::move(e.deferred.front());
-    e.deferred.pop_front();
+    e.deferred.erase(e.deferred.begin());
     fn();
   }
 }
@@ -195,10 +195,6 @@ void Engine::ApplyJob(JobEntry& e, v1::Job job) {
   e.run_at = FromProto(e.job.run_at());
   UpdateExpiry(e);
   if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
-}
-
-void Engine::Published(const std::vector<v1::Event>& events) {
-  if (!events.empty() && event_sink_) event_sink_(events);
 }
 
 uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done) {
@@ -298,7 +294,6 @@ void Engine::CommitJob(JobEntry& e, v1::Job job, v1::EventType type, bool sync,
     if (r.status.ok()) ApplyJob(*e, std::move(job));
     e->busy = false;
     then(r.status, *e);
-    if (r.status.ok()) Published(r.events);
     ReleaseJob(*e);
     ArmTimers();  // e.g. a finished job's retention deadline
   });
@@ -484,13 +479,17 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
       out.jobs.push_back(std::move(dup));
     }
     done(std::move(out));
-    Published(r.events);
     for (auto& fn : retry) fn();
     std::sort(touched.begin(), touched.end());
     touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
     for (QueueState* q : touched) Dispatch(*q);
     ArmTimers();
   });
+}
+
+const std::string* Engine::JobQueue(uint64_t id) const {
+  JobEntry* e = Find(id);
+  return e == nullptr ? nullptr : &e->job.queue();
 }
 
 absl::StatusOr<v1::Job> Engine::GetJob(uint64_t id) const {
@@ -678,7 +677,6 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     }
     if (r.status.ok()) {
       done(std::move(leases));
-      Published(r.events);
     } else {
       done(r.status);
     }
@@ -1192,8 +1190,9 @@ void Engine::UpdateQueueRecord(const std::string& name,
       done(r.status);
       return;
     }
-    // Writes commit in submission order, so this is the newest committed
-    // record.
+    // Results of writes with the same durability arrive in submission order
+    // (and queue records are always written with sync), so
+    // this is the newest committed record.
     q.paused = rec.paused();
     q.max_leased_per_key = rec.max_leased_per_key();
     done(absl::OkStatus());
@@ -1283,7 +1282,6 @@ void Engine::Purge(const std::string& queue, CountDone done) {
         }
       }
       if (r.status.ok()) {
-        Published(r.events);
         NoteDeleted(ids->size());
       } else if (progress->error.ok()) {
         progress->error = r.status;
@@ -1409,7 +1407,6 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
       }
     }
     if (r.status.ok()) {
-      Published(r.events);
       NoteDeleted(ids->size());
     }
     ArmTimers();

@@ -173,6 +173,10 @@ class Engine {
   // The job's committed state; NOT_FOUND when unknown.
   absl::StatusOr<v1::Job> GetJob(uint64_t id) const;
 
+  // The queue of a known job, or nullptr; valid until the next call into
+  // the engine. Cheap (no copy): used by per-queue token checks.
+  const std::string* JobQueue(uint64_t id) const;
+
   // Leases up to spec.max_jobs ready jobs, waiting up to spec.wait for the
   // first. Returns an id for CancelLeaseWait when the call waits, else 0.
   uint64_t Lease(LeaseSpec spec, LeaseDone done);
@@ -194,11 +198,6 @@ class Engine {
   // Withdraws a waiting WaitJob without answering it; false if not waiting.
   bool CancelWaitJob(uint64_t waiter_id);
   size_t waiting_jobs() const { return job_waiters_.size(); }
-
-  // Receives every committed event, in sequence order, right after the
-  // change it describes is applied in memory. Thread: core.
-  using EventSink = std::function<void(const std::vector<v1::Event>&)>;
-  void SetEventSink(EventSink sink) { event_sink_ = std::move(sink); }
 
   using StatusDone = std::function<void(absl::Status)>;
   using CountDone = std::function<void(absl::StatusOr<uint64_t>)>;
@@ -276,7 +275,9 @@ class Engine {
     util::Clock::TimePoint ready_since{};
     QueueState* queue = nullptr;
     bool busy = false;
-    std::deque<std::function<void()>> deferred;
+    // Work waiting for the write in flight (a vector: usually empty, and an
+    // empty std::deque costs ~600 bytes, per job).
+    std::vector<std::function<void()>> deferred;
     std::vector<uint64_t> waiters;  // WaitJob calls
     // While finished: when retention deletes it (in expiries_).
     util::Clock::TimePoint expire_at{};
@@ -322,7 +323,6 @@ class Engine {
     std::vector<std::pair<QueueState*, std::list<uint64_t>::iterator>> links;
   };
 
-  void Published(const std::vector<v1::Event>& events);
   // Ready-queue membership (both indexes).
   void ReadyPush(JobEntry& e);
   bool ReadyErase(JobEntry& e);
@@ -393,7 +393,6 @@ class Engine {
   std::map<std::string, QueueState> queues_;
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::unordered_map<uint64_t, JobWaiter> job_waiters_;
-  EventSink event_sink_;
   DeadlineSet leases_;
   DeadlineSet scheduled_;
   DeadlineSet expiries_;  // finished jobs by retention end

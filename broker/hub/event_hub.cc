@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <asio/post.hpp>
+#include <algorithm>
 
 #include "store/keys.h"
 
@@ -82,7 +83,20 @@ EventHub::EventHub(asio::io_context& core, asio::thread_pool& readers, store::Jo
 
 void EventHub::Publish(const std::vector<v1::Event>& events) {
   if (events.empty()) return;
-  head_seq_ = events.back().seq();
+  if (events.front().seq() > head_seq_ + 1) {
+    // An earlier write is still being fsynced: hold these until it is out.
+    pending_.emplace(events.front().seq(), events);
+    return;
+  }
+  FanOut(events);
+  while (!pending_.empty() && pending_.begin()->first <= head_seq_ + 1) {
+    auto node = pending_.extract(pending_.begin());
+    FanOut(node.mapped());
+  }
+}
+
+void EventHub::FanOut(const std::vector<v1::Event>& events) {
+  head_seq_ = std::max(head_seq_, events.back().seq());
   std::vector<uint64_t> ids;
   ids.reserve(sessions_.size());
   for (auto& [id, s] : sessions_) ids.push_back(id);

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -80,7 +81,11 @@ class EventHub {
   EventHub(const EventHub&) = delete;
   EventHub& operator=(const EventHub&) = delete;
 
-  // Fans out committed events, in sequence order.
+  // Fans out committed events. `events` are consecutive; batches may arrive
+  // out of order (the commit pipeline acknowledges an async write before an
+  // earlier sync write's fsync), so a batch is held until every lower
+  // sequence number has been published: subscribers always see sequence
+  // order, and head_seq() only covers events that were acknowledged.
   void Publish(const std::vector<v1::Event>& events);
 
   // Adds a subscriber. With `hold`, the hub buffers but does not send until
@@ -123,6 +128,7 @@ class EventHub {
     bool reading = false;
   };
 
+  void FanOut(const std::vector<v1::Event>& events);
   void Pump(Session& s);
   void StartRead(Session& s);
   void End(uint64_t id, const absl::Status& status);
@@ -137,6 +143,8 @@ class EventHub {
   bool stopping_ = false;
   uint64_t cut_off_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
+  // Batches waiting for a lower sequence number, by their first seq.
+  std::map<uint64_t, std::vector<v1::Event>> pending_;
 };
 
 }  // namespace errand::hub

@@ -1,5 +1,6 @@
 #include "service/admin_service.h"
 
+#include "service/auth_check.h"
 #include "service/grpc_status.h"
 #include "store/keys.h"
 #include "util/time.h"
@@ -10,8 +11,16 @@ grpc::ServerUnaryReactor* AdminService::ListQueues(grpc::CallbackServerContext* 
                                                    const v1::ListQueuesRequest*,
                                                    v1::ListQueuesResponse* response) {
   auto* reactor = context->DefaultReactor();
-  ctx_->OnCore([ctx = ctx_, reactor, response] {
-    for (v1::QueueStats& q : ctx->engine->ListQueues()) *response->add_queues() = std::move(q);
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/ListQueues");
+  if (!who.ok()) {
+    reactor->Finish(ToGrpc(who.status()));
+    return reactor;
+  }
+  ctx_->OnCore([ctx = ctx_, reactor, response, who = std::move(*who)] {
+    // A token restricted to some queues sees only those.
+    for (v1::QueueStats& q : ctx->engine->ListQueues()) {
+      if (AllowQueue(who, q.queue()).ok()) *response->add_queues() = std::move(q);
+    }
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;
@@ -21,7 +30,11 @@ grpc::ServerUnaryReactor* AdminService::GetQueueStats(grpc::CallbackServerContex
                                                       const v1::GetQueueStatsRequest* request,
                                                       v1::GetQueueStatsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateQueueName(request->queue(), "queue"); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/GetQueueStats");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(request->queue(), "queue");
+  if (s.ok()) s = AllowQueue(*who, request->queue());
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -39,7 +52,12 @@ grpc::ServerUnaryReactor* SetPausedCall(const ServiceContext* ctx,
                                         grpc::CallbackServerContext* context,
                                         const std::string& queue, bool paused) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateQueueName(queue, "queue"); !s.ok()) {
+  auto who = Authorize(ctx, context, need::kAdmin,
+                       paused ? "errand.v1.Admin/PauseQueue" : "errand.v1.Admin/ResumeQueue");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(queue, "queue");
+  if (s.ok()) s = AllowQueue(*who, queue);
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -68,7 +86,11 @@ grpc::ServerUnaryReactor* AdminService::PurgeQueue(grpc::CallbackServerContext* 
                                                    const v1::PurgeQueueRequest* request,
                                                    v1::PurgeQueueResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateQueueName(request->queue(), "queue"); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/PurgeQueue");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(request->queue(), "queue");
+  if (s.ok()) s = AllowQueue(*who, request->queue());
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -89,11 +111,14 @@ grpc::ServerUnaryReactor* AdminService::ListDeadJobs(grpc::CallbackServerContext
                                                      const v1::ListDeadJobsRequest* request,
                                                      v1::ListDeadJobsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  absl::Status s = ValidateQueueName(request->queue(), "queue");
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/ListDeadJobs");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(request->queue(), "queue");
   auto size = ParsePageSize(request->page_size(), "page_size");
   auto after = ParsePageToken(request->page_token(), "page_token");
   if (s.ok()) s = size.status();
   if (s.ok()) s = after.status();
+  if (s.ok()) s = AllowQueue(*who, request->queue());
   if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
@@ -116,7 +141,17 @@ grpc::ServerUnaryReactor* AdminService::RedriveJobs(grpc::CallbackServerContext*
                                                     const v1::RedriveJobsRequest* request,
                                                     v1::RedriveJobsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  absl::Status s = ValidateRedrive(*request);
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/RedriveJobs");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateRedrive(*request);
+  if (s.ok() && *who && (*who)->restricted()) {
+    // The engine checks that listed jobs belong to `queue`, so naming an
+    // allowed queue covers them.
+    s = request->queue().empty()
+            ? absl::PermissionDeniedError("token \"" + (*who)->name +
+                                          "\" is restricted to some queues: name the queue")
+            : AllowQueue(*who, request->queue());
+  }
   if (s.ok() && request->replace_payload() &&
       request->payload().size() > ctx_->limits.max_payload_bytes) {
     s = absl::InvalidArgumentError("payload is " + std::to_string(request->payload().size()) +
@@ -151,7 +186,10 @@ grpc::ServerUnaryReactor* AdminService::SetQueueConfig(grpc::CallbackServerConte
                                                        const v1::SetQueueConfigRequest* request,
                                                        v1::SetQueueConfigResponse* response) {
   auto* reactor = context->DefaultReactor();
-  absl::Status s = ValidateQueueName(request->queue(), "queue");
+  auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/SetQueueConfig");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(request->queue(), "queue");
+  if (s.ok()) s = AllowQueue(*who, request->queue());
   if (s.ok() && request->max_leased_per_key() > kMaxLeasedPerKey) {
     s = absl::InvalidArgumentError("max_leased_per_key is " +
                                    std::to_string(request->max_leased_per_key()) +
@@ -175,6 +213,11 @@ grpc::ServerUnaryReactor* AdminService::GetServerInfo(grpc::CallbackServerContex
                                                       const v1::GetServerInfoRequest*,
                                                       v1::GetServerInfoResponse* response) {
   auto* reactor = context->DefaultReactor();
+  if (auto who = Authorize(ctx_, context, need::kAdmin, "errand.v1.Admin/GetServerInfo");
+      !who.ok()) {
+    reactor->Finish(ToGrpc(who.status()));
+    return reactor;
+  }
   ctx_->OnCore([ctx = ctx_, reactor, response] {
     response->set_version(ctx->version);
     response->set_commit_mode(ctx->sync_by_default ? "sync" : "async");

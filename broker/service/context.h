@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 
+#include "auth/authenticator.h"
 #include "commit/commit_pipeline.h"
 #include "dispatch/engine.h"
 #include "hub/event_hub.h"
@@ -35,6 +36,11 @@ struct ServiceContext {
   // Set on core when shutdown begins. Thread: core.
   mutable bool stopping = false;
   std::string version;
+
+  // Security (--token-file): checks each call's bearer token; nullptr when
+  // the broker runs without tokens (every call allowed). Outlives the
+  // services.
+  const auth::Authenticator* auth = nullptr;
 
   template <typename F>
   void OnCore(F&& f) const {

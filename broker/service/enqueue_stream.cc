@@ -4,6 +4,7 @@
 #include <memory>
 #include <vector>
 
+#include "service/auth_check.h"
 #include "service/grpc_status.h"
 #include "service/validate.h"
 
@@ -26,8 +27,8 @@ class EnqueueStreamReactor final
     std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
   };
 
-  explicit EnqueueStreamReactor(const ServiceContext* ctx)
-      : ctx_(ctx), st_(std::make_shared<State>()) {
+  EnqueueStreamReactor(const ServiceContext* ctx, auth::PrincipalRef who)
+      : ctx_(ctx), who_(std::move(who)), st_(std::make_shared<State>()) {
     st_->reactor = this;
     st_->reading = true;
     StartRead(&request_);
@@ -49,6 +50,7 @@ class EnqueueStreamReactor final
       absl::Status s = nested && r.more_size() > 0
                            ? absl::InvalidArgumentError("more[].more must be empty")
                            : ValidateEnqueue(r.job(), ctx_->limits, ctx_->clock->Now(), "job.");
+      if (s.ok()) s = AllowQueue(who_, r.job().queue());
       if (s.ok()) {
         jobs.emplace_back(r.request_id(), std::move(*r.mutable_job()));
       } else {
@@ -59,8 +61,23 @@ class EnqueueStreamReactor final
         rejected.push_back(std::move(a));
       }
     };
-    take(request_, false);
-    for (auto& m : *request_.mutable_more()) take(m, true);
+    // A reload may have removed or changed the caller's token.
+    absl::Status caller = Recheck(ctx_, &who_, &auth_generation_, need::kProduce,
+                                  "errand.v1.Jobs/EnqueueStream");
+    if (!caller.ok()) {
+      v1::EnqueueStreamResponse a;
+      a.set_request_id(request_.request_id());
+      a.set_error_code(static_cast<int>(caller.code()));
+      a.set_error_message(std::string(caller.message()));
+      rejected.push_back(a);
+      for (auto& m : request_.more()) {
+        a.set_request_id(m.request_id());
+        rejected.push_back(a);
+      }
+    } else {
+      take(request_, false);
+      for (auto& m : *request_.mutable_more()) take(m, true);
+    }
     request_.Clear();
     ctx_->OnCore([ctx = ctx_, st = st_, jobs = std::move(jobs),
                   rejected = std::move(rejected)]() mutable {
@@ -153,6 +170,10 @@ class EnqueueStreamReactor final
   }
 
   const ServiceContext* const ctx_;
+  // The caller (null without tokens) and the token-file generation it was
+  // checked at. Thread: OnReadDone only (reads are serialized).
+  auth::PrincipalRef who_;
+  uint64_t auth_generation_ = 0;
   std::shared_ptr<State> st_;
   v1::EnqueueStreamRequest request_;
   v1::EnqueueStreamResponse response_;
@@ -161,8 +182,8 @@ class EnqueueStreamReactor final
 }  // namespace
 
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
-    const ServiceContext* ctx) {
-  return new EnqueueStreamReactor(ctx);
+    const ServiceContext* ctx, auth::PrincipalRef who) {
+  return new EnqueueStreamReactor(ctx, std::move(who));
 }
 
 }  // namespace errand::service

@@ -1,5 +1,6 @@
 #include "service/events_service.h"
 
+#include "service/auth_check.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
 #include "util/time.h"
@@ -8,6 +9,10 @@ namespace errand::service {
 
 grpc::ServerWriteReactor<v1::SubscribeResponse>* EventsService::Subscribe(
     grpc::CallbackServerContext* context, const v1::SubscribeRequest* request) {
+  auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Events/Subscribe");
+  absl::Status s = who.status();
+  if (s.ok()) s = AllowSubscribe(*who, *request);
+  if (!s.ok()) return new RefusedWriter<v1::SubscribeResponse>(ToGrpc(s));
   return NewSubscribeReactor(ctx_, context, request);
 }
 
@@ -15,7 +20,10 @@ grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* co
                                                  const v1::PublishRequest* request,
                                                  v1::PublishResponse* response) {
   auto* reactor = context->DefaultReactor();
-  absl::Status s = ValidateQueueName(request->topic(), "topic");
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Events/Publish");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateQueueName(request->topic(), "topic");
+  if (s.ok()) s = AllowQueue(*who, request->topic(), "topic");
   if (s.ok() && request->payload().size() > ctx_->limits.max_payload_bytes) {
     s = absl::InvalidArgumentError("payload is " + std::to_string(request->payload().size()) +
                                    " bytes; the limit is " +
@@ -58,9 +66,8 @@ grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* co
         reactor->Finish(ToGrpc(r.status));
         return;
       }
-      response->set_seq(r.events.at(0).seq());
+      response->set_seq(r.first_event_seq);
       response->set_durability(r.synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC);
-      ctx->hub->Publish(r.events);
       reactor->Finish(grpc::Status::OK);
     });
   });

@@ -3,6 +3,7 @@
 #include <memory>
 #include <vector>
 
+#include "service/auth_check.h"
 #include "service/enqueue_stream.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
@@ -22,7 +23,11 @@ grpc::ServerUnaryReactor* JobsService::Enqueue(grpc::CallbackServerContext* cont
                                                const v1::EnqueueRequest* request,
                                                v1::EnqueueResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateEnqueue(*request, ctx_->limits, ctx_->clock->Now()); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/Enqueue");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateEnqueue(*request, ctx_->limits, ctx_->clock->Now());
+  if (s.ok()) s = AllowQueue(*who, request->queue());
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -52,7 +57,13 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
                                                     const v1::EnqueueBatchRequest* request,
                                                     v1::EnqueueBatchResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateEnqueueBatch(*request, ctx_->limits, ctx_->clock->Now()); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueBatch");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateEnqueueBatch(*request, ctx_->limits, ctx_->clock->Now());
+  for (int i = 0; s.ok() && i < request->jobs_size(); ++i) {
+    s = AllowQueue(*who, request->jobs(i).queue());
+  }
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -84,20 +95,31 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
 }
 
 grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>*
-JobsService::EnqueueStream(grpc::CallbackServerContext*) {
-  return NewEnqueueStream(ctx_);
+JobsService::EnqueueStream(grpc::CallbackServerContext* context) {
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueStream");
+  if (!who.ok()) {
+    return new RefusedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
+        ToGrpc(who.status()));
+  }
+  return NewEnqueueStream(ctx_, std::move(*who));
 }
 
 grpc::ServerUnaryReactor* JobsService::GetJob(grpc::CallbackServerContext* context,
                                               const v1::GetJobRequest* request,
                                               v1::GetJobResponse* response) {
   auto* reactor = context->DefaultReactor();
-  auto id = ParseJobIdField(request->job_id(), "job_id");
+  auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Jobs/GetJob");
+  absl::StatusOr<uint64_t> id =
+      who.ok() ? ParseJobIdField(request->job_id(), "job_id") : who.status();
   if (!id.ok()) {
     reactor->Finish(ToGrpc(id.status()));
     return reactor;
   }
-  ctx_->OnCore([ctx = ctx_, reactor, response, id = *id] {
+  ctx_->OnCore([ctx = ctx_, reactor, response, id = *id, who = std::move(*who)] {
+    if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+      reactor->Finish(ToGrpc(s));
+      return;
+    }
     auto job = ctx->engine->GetJob(id);
     if (!job.ok()) {
       reactor->Finish(ToGrpc(job.status()));
@@ -126,8 +148,14 @@ class WaitJobReactor final : public grpc::ServerUnaryReactor {
     state_->reactor = this;
   }
 
-  void Start(uint64_t id, std::chrono::microseconds timeout) {
-    ctx_->OnCore([ctx = ctx_, st = state_, response = response_, id, timeout] {
+  void Start(uint64_t id, std::chrono::microseconds timeout, auth::PrincipalRef who) {
+    ctx_->OnCore([ctx = ctx_, st = state_, response = response_, id, timeout,
+                  who = std::move(who)] {
+      if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+        st->finished = true;
+        st->reactor->Finish(ToGrpc(s));
+        return;
+      }
       uint64_t wid = ctx->engine->WaitJob(
           id, timeout, [st, response](absl::StatusOr<v1::Job> job, bool terminal) {
             if (st->finished) return;
@@ -166,7 +194,9 @@ class WaitJobReactor final : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* JobsService::WaitJob(grpc::CallbackServerContext* context,
                                                const v1::WaitJobRequest* request,
                                                v1::WaitJobResponse* response) {
-  auto id = ParseJobIdField(request->job_id(), "job_id");
+  auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Jobs/WaitJob");
+  absl::StatusOr<uint64_t> id =
+      who.ok() ? ParseJobIdField(request->job_id(), "job_id") : who.status();
   absl::Status s = id.status();
   if (s.ok()) {
     s = ValidateDuration(request->timeout(), "timeout", std::chrono::microseconds(0), kMaxWait,
@@ -185,12 +215,16 @@ grpc::ServerUnaryReactor* JobsService::WaitJob(grpc::CallbackServerContext* cont
       context->deadline() - std::chrono::system_clock::now() - std::chrono::milliseconds(50));
   if (until_deadline.count() > 0 && until_deadline < timeout) timeout = until_deadline;
   auto* reactor = new WaitJobReactor(ctx_, response);
-  reactor->Start(*id, timeout);
+  reactor->Start(*id, timeout, std::move(*who));
   return reactor;
 }
 
 grpc::ServerWriteReactor<v1::WatchJobResponse>* JobsService::EnqueueAndWatch(
     grpc::CallbackServerContext* context, const v1::EnqueueRequest* request) {
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueAndWatch");
+  absl::Status s = who.status();
+  if (s.ok()) s = AllowQueue(*who, request->queue());
+  if (!s.ok()) return new RefusedWriter<v1::WatchJobResponse>(ToGrpc(s));
   return NewWatchReactor(ctx_, context, request);
 }
 
@@ -198,12 +232,20 @@ grpc::ServerUnaryReactor* JobsService::CancelJob(grpc::CallbackServerContext* co
                                                  const v1::CancelJobRequest* request,
                                                  v1::CancelJobResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateCancel(*request); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/CancelJob");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateCancel(*request);
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
   uint64_t id = *ParseJobIdField(request->job_id(), "job_id");
-  ctx_->OnCore([ctx = ctx_, reactor, response, id, reason = request->reason()]() mutable {
+  ctx_->OnCore([ctx = ctx_, reactor, response, id, reason = request->reason(),
+                who = std::move(*who)]() mutable {
+    if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+      reactor->Finish(ToGrpc(s));
+      return;
+    }
     ctx->engine->Cancel(id, std::move(reason), [reactor, response](absl::StatusOr<v1::Job> r) {
       if (!r.ok()) {
         reactor->Finish(ToGrpc(r.status()));
@@ -220,7 +262,11 @@ grpc::ServerUnaryReactor* JobsService::ListJobs(grpc::CallbackServerContext* con
                                                 const v1::ListJobsRequest* request,
                                                 v1::ListJobsResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateListJobs(*request); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Jobs/ListJobs");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateListJobs(*request);
+  if (s.ok()) s = AllowQueue(*who, request->queue());
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }

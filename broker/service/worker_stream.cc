@@ -4,6 +4,7 @@
 #include <deque>
 #include <string>
 
+#include "service/auth_check.h"
 #include "service/grpc_status.h"
 #include "service/validate.h"
 #include "store/keys.h"
@@ -31,6 +32,8 @@ struct WorkerRegistry::Session {
   dispatch::LeaseSpec spec;
   std::unordered_map<uint64_t, uint64_t> held;  // job id -> lease token
   std::deque<v1::ConnectResponse> out;
+  auth::PrincipalRef who;  // the caller; null without tokens
+  uint64_t auth_generation = 0;  // the token-file generation `who` was checked at
 };
 
 namespace {
@@ -40,9 +43,10 @@ using Session = WorkerRegistry::Session;
 class WorkerStreamReactor final
     : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
  public:
-  WorkerStreamReactor(const ServiceContext* ctx, std::string peer)
+  WorkerStreamReactor(const ServiceContext* ctx, std::string peer, auth::PrincipalRef who)
       : ctx_(ctx), st_(std::make_shared<Session>()) {
     st_->reactor = this;
+    st_->who = std::move(who);
     st_->spec.worker_id = std::move(peer);
     st_->reading = true;
     StartRead(&request_);
@@ -205,6 +209,18 @@ class WorkerStreamReactor final
   static void Handle(const ServiceContext* ctx, const std::shared_ptr<Session>& st,
                      v1::ConnectRequest req) {
     const uint64_t rid = req.request_id();
+    // A reload may have removed or changed the caller's token: look it up
+    // again, and recheck the queues it serves.
+    const auth::Principal* before = st->who.get();
+    absl::Status caller =
+        Recheck(ctx, &st->who, &st->auth_generation, need::kWork, "errand.v1.Workers/Connect");
+    for (size_t i = 0; caller.ok() && st->who.get() != before && i < st->spec.queues.size(); ++i) {
+      caller = AllowQueue(st->who, st->spec.queues[i]);
+    }
+    if (!caller.ok()) {
+      Close(ctx, st, ToGrpc(caller));
+      return;
+    }
     if (!st->hello && req.kind_case() != v1::ConnectRequest::kHello) {
       Close(ctx, st, grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                                   "the first message on Connect must be hello"));
@@ -221,6 +237,7 @@ class WorkerStreamReactor final
                                               : absl::OkStatus();
         for (int i = 0; s.ok() && i < h.queues_size(); ++i) {
           s = ValidateQueueName(h.queues(i), "hello.queues[" + std::to_string(i) + "]");
+          if (s.ok()) s = AllowQueue(st->who, h.queues(i));
         }
         if (s.ok()) {
           s = ValidateDuration(h.lease_duration(), "hello.lease_duration", kMinLease, kMaxLease,
@@ -244,6 +261,7 @@ class WorkerStreamReactor final
         return;
       case v1::ConnectRequest::kComplete: {
         absl::Status s = ValidateComplete(req.complete(), ctx->limits);
+        if (s.ok()) s = AllowJob(ctx, st->who, *store::ParseJobId(req.complete().job_id()));
         if (!s.ok()) {
           Ack(st, rid, s);
           return;
@@ -256,6 +274,7 @@ class WorkerStreamReactor final
       }
       case v1::ConnectRequest::kFail: {
         absl::Status s = ValidateFail(req.fail(), ctx->limits);
+        if (s.ok()) s = AllowJob(ctx, st->who, *store::ParseJobId(req.fail().job_id()));
         if (!s.ok()) {
           Ack(st, rid, s);
           return;
@@ -271,6 +290,7 @@ class WorkerStreamReactor final
       }
       case v1::ConnectRequest::kExtend: {
         absl::Status s = ValidateExtend(req.extend());
+        if (s.ok()) s = AllowJob(ctx, st->who, *store::ParseJobId(req.extend().job_id()));
         if (!s.ok()) {
           Ack(st, rid, s);
           return;
@@ -346,8 +366,8 @@ void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
 }
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
-    const ServiceContext* ctx, grpc::CallbackServerContext* context) {
-  return new WorkerStreamReactor(ctx, context->peer());
+    const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
+  return new WorkerStreamReactor(ctx, context->peer(), std::move(who));
 }
 
 }  // namespace errand::service

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "errand/v1/workers.pb.h"
+#include "auth/authenticator.h"
 #include "service/context.h"
 
 namespace errand::service {
@@ -48,7 +49,9 @@ class WorkerRegistry {
 // Workers.Connect: credits in, deliveries out, completions, failures and
 // extensions answered on the same stream; cancel requests pushed. When the
 // stream drops, the worker's leases are released after the grace period.
+// hello's queues and the jobs of completions, failures and extensions are
+// checked against `who` (null: no tokens).
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
-    const ServiceContext* ctx, grpc::CallbackServerContext* context);
+    const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who);
 
 }  // namespace errand::service

@@ -2,6 +2,7 @@
 
 #include <memory>
 
+#include "service/auth_check.h"
 #include "service/grpc_status.h"
 #include "service/worker_stream.h"
 #include "util/time.h"
@@ -64,7 +65,13 @@ class LeaseReactor final : public grpc::ServerUnaryReactor {
 grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* context,
                                                 const v1::LeaseRequest* request,
                                                 v1::LeaseResponse* response) {
-  if (auto s = ValidateLease(*request); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Lease");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateLease(*request);
+  for (int i = 0; s.ok() && i < request->queues_size(); ++i) {
+    s = AllowQueue(*who, request->queues(i));
+  }
+  if (!s.ok()) {
     auto* reactor = context->DefaultReactor();
     reactor->Finish(ToGrpc(s));
     return reactor;
@@ -83,20 +90,31 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
 
 grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* WorkersService::Connect(
     grpc::CallbackServerContext* context) {
-  return NewWorkerStream(ctx_, context);
+  auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Connect");
+  if (!who.ok()) {
+    return new RefusedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(who.status()));
+  }
+  return NewWorkerStream(ctx_, context, std::move(*who));
 }
 
 grpc::ServerUnaryReactor* WorkersService::Complete(grpc::CallbackServerContext* context,
                                                    const v1::CompleteRequest* request,
                                                    v1::CompleteResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateComplete(*request, ctx_->limits); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Complete");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateComplete(*request, ctx_->limits);
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
   uint64_t id = *ParseJobIdField(request->job_id(), "job_id");
   ctx_->OnCore([ctx = ctx_, reactor, response, id, token = request->lease_token(),
-                result = request->result()]() mutable {
+                result = request->result(), who = std::move(*who)]() mutable {
+    if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+      reactor->Finish(ToGrpc(s));
+      return;
+    }
     ctx->engine->Complete(id, token, std::move(result),
                           [reactor, response](absl::StatusOr<v1::Job> r) {
                             if (!r.ok()) {
@@ -114,7 +132,10 @@ grpc::ServerUnaryReactor* WorkersService::Fail(grpc::CallbackServerContext* cont
                                                const v1::FailRequest* request,
                                                v1::FailResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateFail(*request, ctx_->limits); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Fail");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateFail(*request, ctx_->limits);
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -124,7 +145,11 @@ grpc::ServerUnaryReactor* WorkersService::Fail(grpc::CallbackServerContext* cont
   spec.retry_after = util::DurationFromProto(request->retry_after());
   spec.non_retryable = request->non_retryable();
   ctx_->OnCore([ctx = ctx_, reactor, response, id, token = request->lease_token(),
-                spec = std::move(spec)]() mutable {
+                spec = std::move(spec), who = std::move(*who)]() mutable {
+    if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+      reactor->Finish(ToGrpc(s));
+      return;
+    }
     ctx->engine->Fail(id, token, std::move(spec), [reactor, response](absl::StatusOr<v1::Job> r) {
       if (!r.ok()) {
         reactor->Finish(ToGrpc(r.status()));
@@ -141,7 +166,10 @@ grpc::ServerUnaryReactor* WorkersService::Extend(grpc::CallbackServerContext* co
                                                  const v1::ExtendRequest* request,
                                                  v1::ExtendResponse* response) {
   auto* reactor = context->DefaultReactor();
-  if (auto s = ValidateExtend(*request); !s.ok()) {
+  auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Extend");
+  absl::Status s = who.status();
+  if (s.ok()) s = ValidateExtend(*request);
+  if (!s.ok()) {
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
@@ -150,7 +178,11 @@ grpc::ServerUnaryReactor* WorkersService::Extend(grpc::CallbackServerContext* co
   if (request->has_progress()) progress = request->progress();
   ctx_->OnCore([ctx = ctx_, reactor, response, id, token = request->lease_token(),
                 by = util::DurationFromProto(request->extend_by()),
-                progress = std::move(progress)]() mutable {
+                progress = std::move(progress), who = std::move(*who)]() mutable {
+    if (auto s = AllowJob(ctx, who, id); !s.ok()) {
+      reactor->Finish(ToGrpc(s));
+      return;
+    }
     ctx->engine->Extend(id, token, by, std::move(progress),
                         [reactor, response](absl::StatusOr<dispatch::ExtendOutcome> r) {
                           if (!r.ok()) {

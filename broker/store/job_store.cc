@@ -10,6 +10,7 @@
 
 #include "store/keys.h"
 #include "store/rocks_status.h"
+#include "util/thread_name.h"
 
 namespace errand::store {
 namespace {
@@ -170,7 +171,10 @@ void JobStore::RequestJobsCompaction() {
   absl::MutexLock lock(&compact_mu_);
   if (compact_stop_) return;
   compact_wanted_ = true;
-  if (!compactor_.joinable()) compactor_ = std::thread([this] { RunCompactions(); });
+  if (!compactor_.joinable()) compactor_ = std::thread([this] {
+    util::SetThreadName("errand-compact");
+    RunCompactions();
+  });
 }
 
 uint64_t JobStore::jobs_compactions() const {

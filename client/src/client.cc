@@ -22,6 +22,7 @@
 #include <set>
 
 #include "errand/v1/jobs.grpc.pb.h"
+#include "channel.h"
 #include "internal.h"
 
 namespace errand {
@@ -290,10 +291,14 @@ void Client::Impl::OnStreamDone(StreamReactor* r, const grpc::Status& s) {
   std::vector<EnqueueCallback> failed;
   std::unique_lock<std::mutex> lock(mu_);
   if (stream_ == r) stream_ = nullptr;
-  // Every unanswered request is sent again on the next stream, in order.
+  // Every unanswered request is sent again on the next stream, in order;
+  // but a stream refused for its token fails them at once: resending cannot
+  // help.
+  const bool refused = s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+                       s.error_code() == grpc::StatusCode::PERMISSION_DENIED;
   unsent_.clear();
   for (auto it = pending_.begin(); it != pending_.end();) {
-    if (++it->second.failures >= options_.retry.max_attempts && !closing_) {
+    if ((refused || ++it->second.failures >= options_.retry.max_attempts) && !closing_) {
       failed.push_back(std::move(it->second.done));
       it = pending_.erase(it);
     } else {
@@ -315,9 +320,12 @@ void Client::Impl::OnStreamDone(StreamReactor* r, const grpc::Status& s) {
     }
   }
   // Built before unlocking: ~Impl may proceed as soon as mu_ is released.
-  absl::Status err = absl::UnavailableError(
-      "EnqueueStream failed " + std::to_string(options_.retry.max_attempts) +
-      " times; last: " + (s.ok() ? std::string("ended") : s.error_message()));
+  absl::Status err =
+      refused ? internal::ToAbsl(s)
+              : absl::UnavailableError("EnqueueStream failed " +
+                                       std::to_string(options_.retry.max_attempts) +
+                                       " times; last: " +
+                                       (s.ok() ? std::string("ended") : s.error_message()));
   cv_.notify_all();
   lock.unlock();
   for (auto& done : failed) done(err);
@@ -571,11 +579,18 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
-  auto channel =
-      grpc::CreateCustomChannel(options.address, grpc::InsecureChannelCredentials(), args);
+  auto made = internal::MakeChannel(options, args);
+  if (!made.ok()) return made.status();
+  auto channel = std::move(*made);
   if (options.connect_timeout.count() > 0 &&
       !channel->WaitForConnected(internal::After(options.connect_timeout))) {
-    return absl::UnavailableError("cannot reach the errand broker at " + options.address);
+    bool tls = options.tls || !options.tls_ca_file.empty() || !options.tls_cert_file.empty();
+    return absl::UnavailableError(
+        "cannot reach the errand broker at " + options.address +
+        (tls ? " over TLS (check that it serves TLS, that tls_ca_file signed its certificate "
+               "and that the certificate names the host; a broker with --tls-client-ca also "
+               "needs tls_cert_file and tls_key_file)"
+             : ""));
   }
   return std::unique_ptr<Client>(new Client(std::make_unique<Impl>(options, std::move(channel))));
 }

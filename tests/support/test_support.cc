@@ -147,7 +147,8 @@ std::shared_ptr<grpc::Channel> BrokerProcess::Channel() const {
   args.SetMaxSendMessageSize(64 << 20);
   // A fresh connection per channel, so that tests do not share subchannels.
   args.SetInt("grpc.use_local_subchannel_pool", 1);
-  return grpc::CreateCustomChannel(address(), grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(
+      address(), credentials_ ? credentials_ : grpc::InsecureChannelCredentials(), args);
 }
 
 std::string BrokerProcess::Log() const {

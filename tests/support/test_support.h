@@ -62,6 +62,11 @@ class BrokerProcess {
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // A new channel to the broker.
   std::shared_ptr<grpc::Channel> Channel() const;
+  // Credentials of Channel() (and of Start()'s health check), for a broker
+  // serving TLS. Default: plaintext.
+  void set_channel_credentials(std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    credentials_ = std::move(credentials);
+  }
   // Everything the broker wrote to stdout and stderr so far.
   std::string Log() const;
 
@@ -74,6 +79,7 @@ class BrokerProcess {
   pid_t pid_ = -1;
   int port_ = 0;
   int http_port_ = 0;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
 
 // grpc.health.v1.Health/Check over a generic call (the test binaries carry no

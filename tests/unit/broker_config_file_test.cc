@@ -41,6 +41,7 @@ struct TestApp {
   std::string commit = "sync";
   std::string port_file;
   std::string token;
+  std::string token_file = "tokens.conf";
   bool verbose = false;
   uint32_t added_later = 7;
   std::unique_ptr<ConfigLayers> layers;
@@ -54,6 +55,7 @@ struct TestApp {
         ->capture_default_str();
     app.add_option("--port-file", port_file, "port file");
     app.add_option("--admin-token", token, "a secret");
+    app.add_option("--token-file", token_file, "where tokens are");
     app.add_flag("--verbose", verbose, "more output");
     app.add_option("--added-later", added_later, "no captured default");
     layers = std::make_unique<ConfigLayers>(app, "ERRANDTEST_");
@@ -224,6 +226,8 @@ TEST(ConfigLayersTest, RenderShowsEveryOptionAndRoundTrips) {
     EXPECT_THAT(summary, HasSubstr("admin-token=\"<redacted>\""));
     EXPECT_THAT(summary, ::testing::Not(HasSubstr("s3cret")));
     EXPECT_THAT(summary, HasSubstr("commit=\"async\""));
+    // A path to a secret is not secret.
+    EXPECT_THAT(summary, HasSubstr("token-file=\"tokens.conf\""));
   }
   std::string path = WriteFile(dir.path(), rendered);
   TestApp again;

@@ -66,7 +66,7 @@ class LifecycleEngineTest : public ::testing::Test {
     };
     engine_ = std::make_unique<Engine>(io_, clock_, pipeline_.get(), options_,
                                        store_->boot_epoch());
-    engine_->SetEventSink([this](const std::vector<v1::Event>& evs) {
+    pipeline_->SetEventSink([this](std::vector<v1::Event>&& evs) {
       for (const auto& e : evs) events_.push_back(e);
     });
     ASSERT_TRUE(engine_->Recover(*store_).ok());

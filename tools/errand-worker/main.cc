@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -27,6 +28,7 @@
 #include "duration.h"
 #include "errand/client.h"
 #include "errand/worker.h"
+#include "security_flags.h"
 #include "spdlog/spdlog.h"
 
 extern char** environ;
@@ -242,6 +244,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-output", cfg.max_output, "most bytes of stdout kept as the result")
       ->capture_default_str();
   app.add_option("--worker-id", worker_id, "recorded in each attempt (default host-pid)");
+  errand::tools::SecurityFlags security;
+  errand::tools::AddSecurityFlags(app, &security);
   // Everything after the first "--" is the command, never parsed as flags.
   int split = argc;
   for (int i = 1; i < argc; ++i) {
@@ -278,6 +282,12 @@ int main(int argc, char** argv) {
   errand::ClientOptions co;
   co.address = addr;
   co.connect_timeout = milliseconds(0);  // keep trying while the broker is down
+  if (auto s = errand::tools::ApplySecurityFlags(security, &co); !s.ok()) {
+    spdlog::error("{}", s.ToString());
+    return 1;
+  }
+  // Job commands inherit the environment: they get no broker token.
+  ::unsetenv("ERRAND_TOKEN");
   auto client = errand::Client::Connect(co);
   if (!client.ok()) {
     spdlog::error("{}", client.status().ToString());

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "duration.h"
+#include "security_flags.h"
 #include "errand/client.h"
 #include "errand/subscription.h"
 #include "errand/v1/admin.grpc.pb.h"
@@ -42,7 +43,9 @@ const char* kExitHelp =
     "(e.g. the job already finished), 4 broker unavailable, 5 wait timed out,\n"
     "6 invalid argument (rejected by the broker), 7 the job ended DEAD or CANCELLED\n"
     "(wait, enqueue --wait).\n"
-    "Environment: ERRAND_ADDR sets the default for --addr.";
+    "Environment: ERRAND_ADDR sets the default for --addr; ERRAND_TOKEN (or\n"
+    "ERRAND_TOKEN_FILE), ERRAND_TLS, ERRAND_TLS_CA, ERRAND_TLS_CERT, ERRAND_TLS_KEY and\n"
+    "ERRAND_TLS_SERVER_NAME those of the security flags.";
 
 int ExitFor(const absl::Status& s) {
   switch (s.code()) {
@@ -211,6 +214,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--json", g.json, "machine-readable output (protobuf JSON, snake_case names)");
   app.add_option("--rpc-timeout", g.rpc_timeout, "deadline of each call")->capture_default_str();
+  errand::tools::SecurityFlags security;
+  errand::tools::AddSecurityFlags(app, &security);
 
   // enqueue
   auto* enq = app.add_subcommand("enqueue", "enqueue a job; prints its id");
@@ -316,6 +321,7 @@ int main(int argc, char** argv) {
   co.rpc_timeout = *rpc_timeout;
   co.connect_timeout = std::min(*rpc_timeout, milliseconds(5000));
   co.retry.max_attempts = 3;
+  if (auto s = errand::tools::ApplySecurityFlags(security, &co); !s.ok()) return Fail(s);
   auto client_or = errand::Client::Connect(co);
   if (!client_or.ok()) return Fail(client_or.status());
   errand::Client& client = **client_or;

@@ -52,6 +52,28 @@ struct ClientOptions {
   bool auto_idempotency_key = true;
   // Most enqueues packed into one EnqueueStream message. Default: 1000.
   size_t max_pack = 1000;
+
+  // --- Security: TLS and the bearer token (README "Security") ---
+  // Speak TLS to the broker (its --tls-cert). Setting any tls_*_file below
+  // implies it. Connect() fails with INVALID_ARGUMENT naming a file it
+  // cannot read. Default: false (plaintext).
+  bool tls = false;
+  // PEM CA certificates trusted to sign the broker's certificate.
+  // Default: "" (the system's trusted roots).
+  std::string tls_ca_file;
+  // PEM client certificate chain and its private key, for a broker that
+  // requires client certificates (its --tls-client-ca). Both or neither.
+  // Default: "".
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // The name the broker's certificate must carry, when it is not the host
+  // part of `address` (e.g. connecting by IP to a certificate for a DNS
+  // name). Default: "" (the host of `address`).
+  std::string tls_server_name;
+  // Bearer token sent with every call as "authorization: Bearer <token>",
+  // for a broker with --token-file. Without TLS it travels in clear text:
+  // use it in plaintext only on loopback. Default: "" (none).
+  std::string token;
 };
 
 // Per-call enqueue options.
