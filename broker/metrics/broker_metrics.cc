@@ -90,7 +90,7 @@ std::string RenderMetrics(const BrokerSample& s) {
            "histogram");
   w.HistogramSamples("errand_commit_batch_size_mutations", {}, s.group_sizes);
   w.Family("errand_fsync_duration_seconds",
-           "Duration of each synced RocksDB write or background WAL sync.", "histogram");
+           "Duration of each fsync of the RocksDB WAL (DB::SyncWAL).", "histogram");
   w.HistogramSamples("errand_fsync_duration_seconds", {}, s.fsync_seconds);
 
   // Event log and subscribers.
