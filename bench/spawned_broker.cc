@@ -32,8 +32,9 @@ bool SpawnedBroker::Start(const std::string& path, const std::string& mode, std:
   dir_ = buf.data();
   port_file_ = dir_ + "/port";
   log_ = dir_ + "/broker.log";
+  // HTTP endpoints on a free port too: the default (7601) may be taken.
   args_ = {path, "--listen=127.0.0.1:0", "--data-dir=" + dir_ + "/data",
-           "--port-file=" + port_file_, "--commit=" + mode};
+           "--port-file=" + port_file_, "--commit=" + mode, "--http-listen=127.0.0.1:0"};
   args_.insert(args_.end(), extra.begin(), extra.end());
   return Launch(addr, ready_within);
 }

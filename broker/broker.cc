@@ -205,6 +205,25 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     health->SetServingStatus(true);
     for (const char* s : kServices) health->SetServingStatus(s, true);
   }
+  // Operators' HTTP endpoints.
+  if (!config.http_listen.empty()) {
+    auto ops = OpsHttp::Start(config, &b->ctx_, b->store_.get());
+    if (!ops.ok()) {
+      b->Stop().IgnoreError();
+      return ops.status();
+    }
+    b->ops_http_ = std::move(*ops);
+    if (!config.http_port_file.empty()) {
+      std::string tmp = config.http_port_file + ".tmp";
+      {
+        std::ofstream out(tmp);
+        out << b->ops_http_->port() << "\n";
+      }
+      std::rename(tmp.c_str(), config.http_port_file.c_str());
+    }
+    spdlog::info("HTTP /metrics, /healthz and /readyz on port {} (listen {})",
+                 b->ops_http_->port(), config.http_listen);
+  }
   if (!config.port_file.empty()) {
     std::string tmp = config.port_file + ".tmp";
     {
@@ -258,6 +277,9 @@ absl::Status Broker::Stop() {
       if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
+  // HTTP answered /readyz 503 ("shutting down") while in-flight calls
+  // finished; it stops before core and the store, which its scrapes use.
+  if (ops_http_) ops_http_->Stop();
   // 3. Stop the server. gRPC waits for every client connection to go away
   // before it completes a shutdown, and idle clients may keep theirs open, so
   // the remaining calls (idle streams, stragglers refused with UNAVAILABLE)

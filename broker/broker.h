@@ -14,6 +14,7 @@
 #include "config.h"
 #include "dispatch/engine.h"
 #include "hub/event_hub.h"
+#include "ops_http.h"
 #include "service/admin_service.h"
 #include "service/context.h"
 #include "service/events_service.h"
@@ -39,6 +40,8 @@ class Broker {
 
   // The bound gRPC port.
   int port() const { return port_; }
+  // The bound HTTP port (/metrics, /healthz, /readyz); 0 when disabled.
+  int http_port() const { return ops_http_ ? ops_http_->port() : 0; }
 
   // Graceful stop: refuse new work, answer waiting calls, let in-flight calls
   // finish (up to the shutdown grace), commit and fsync everything queued,
@@ -75,6 +78,7 @@ class Broker {
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool stopped_ = false;
+  std::unique_ptr<OpsHttp> ops_http_;  // --http-listen; stopped before core
 };
 
 }  // namespace errand

@@ -78,6 +78,9 @@ absl::Status Config::Validate() const {
   if (worker_grace < std::chrono::milliseconds(0) || worker_grace > std::chrono::hours(1)) {
     return absl::InvalidArgumentError("--worker-grace must be between 0 and 1h");
   }
+  if (http_timeout < std::chrono::milliseconds(10) || http_timeout > std::chrono::minutes(10)) {
+    return absl::InvalidArgumentError("--http-timeout must be between 10ms and 10m");
+  }
   if (max_message_bytes < max_payload_bytes + (64 << 10)) {
     return absl::InvalidArgumentError(
         "--max-message-bytes must exceed --max-payload-bytes by at least 64 KiB");

@@ -81,6 +81,27 @@ struct Config {
   // Default: 10000.
   size_t max_subscribers = 10000;
 
+  // --- Operating it: HTTP endpoints and logs ---
+  // --http-listen: IP:PORT of the HTTP server for /metrics (Prometheus),
+  // /healthz and /readyz; port 0 picks a free one; empty disables it.
+  // Default: 127.0.0.1:7601.
+  std::string http_listen = "127.0.0.1:7601";
+  // --http-port-file: write the bound HTTP port here once serving.
+  // Default: none.
+  std::string http_port_file;
+  // --http-timeout: how long an HTTP connection may take to send its request
+  // and read the answer. Default: 10s.
+  std::chrono::milliseconds http_timeout{10000};
+  // --ready-min-free-bytes: /readyz reports not ready while the filesystem of
+  // the data directory has less free space than this. Default: 64 MiB.
+  uint64_t ready_min_free_bytes = 64 << 20;
+  // --log-level: trace, debug, info, warn, error, critical or off.
+  // Default: info.
+  std::string log_level = "info";
+  // --log-format: "text" for people, "json" (one object per line) for
+  // machines. Default: text.
+  std::string log_format = "text";
+
   absl::Status Validate() const;
 
   // --- Security: TLS and bearer tokens (README "Security") ---

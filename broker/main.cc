@@ -10,6 +10,8 @@
 
 #include "broker.h"
 #include "config.h"
+#include "config_file.h"
+#include "logging.h"
 
 namespace {
 
@@ -136,7 +138,43 @@ int main(int argc, char** argv) {
   app.add_option("--max-subscribers", config.max_subscribers,
                  "most open event subscribers (Subscribe and EnqueueAndWatch streams)")
       ->capture_default_str();
+
+  // Operating it: HTTP endpoints and logs.
+  app.add_option("--http-listen", config.http_listen,
+                 "IP:PORT of the HTTP server for /metrics (Prometheus text format),\n"
+                 "/healthz and /readyz (port 0 picks a free one; empty disables it)")
+      ->capture_default_str();
+  app.add_option("--http-port-file", config.http_port_file,
+                 "write the bound HTTP port to this file");
+  std::string http_timeout = "10s";
+  app.add_option("--http-timeout", http_timeout,
+                 "an HTTP connection that has not sent its request and read the answer\n"
+                 "within this is closed (e.g. 10s, 500ms)")
+      ->capture_default_str();
+  app.add_option("--ready-min-free-bytes", config.ready_min_free_bytes,
+                 "/readyz answers 503 while the data directory's filesystem has less free\n"
+                 "space than this")
+      ->capture_default_str();
+  app.add_option("--log-level", config.log_level, "trace, debug, info, warn, error, critical or off")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
+      ->capture_default_str();
+  app.add_option("--log-format", config.log_format,
+                 "text, or json for one JSON object per line (time, level, msg)")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
+
+  // A config file and ERRAND_* environment variables for every option,
+  // wherever it is added.
+  // ERRAND_BROKER_*, not ERRAND_*: errandctl and errand-worker read
+  // ERRAND_TLS_CERT, ERRAND_TOKEN_FILE and more with client meanings, and they
+  // run beside the broker (its container's health check, say).
+  errand::ConfigLayers layers(app, "ERRAND_BROKER_");
   CLI11_PARSE(app, argc, argv);
+  {
+    std::chrono::microseconds t;
+    if (!ParseDurationFlag(http_timeout, std::chrono::seconds(1), "--http-timeout", &t)) return 2;
+    config.http_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(t);
+  }
 
   config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways
                                    : errand::commit::SyncMode::kInterval;
@@ -164,6 +202,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  if (layers.print_requested()) {
+    std::fputs(layers.Render().c_str(), stdout);
+    return 0;
+  }
+  if (auto s = errand::ConfigureLogging(config.log_level, config.log_format); !s.ok()) {
+    std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  spdlog::info("effective config: {}", layers.Summary());
 
   // absl's lock-order checks cost a graph lookup per lock; the tests keep
   // them, the broker does not need them.

@@ -21,6 +21,7 @@ PACKAGES=(
   libssl-dev openssl  # token hashing; the TLS tests make certificates with openssl
   # Fuzz targets (tests/fuzz): clang and its libFuzzer/sanitizer runtimes.
   clang libclang-rt-14-dev
+  prometheus
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -176,9 +176,12 @@ void CommitPipeline::RunSyncer() {
     }
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
+    const auto sync_start = std::chrono::steady_clock::now();
     absl::Status s = store_->SyncWAL();
     const auto now = std::chrono::steady_clock::now();
     if (s.ok()) {
+      fsync_seconds_.Observe(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
       fsyncs_++;
       failing_since = {};
       Deliver(std::move(batch), /*synced=*/true, absl::OkStatus());
@@ -245,7 +248,10 @@ void CommitPipeline::Run() {
     if (std::chrono::steady_clock::now() - last_trim_ >= std::chrono::seconds(1)) TrimEvents();
     if (unsynced_ &&
         (stop || std::chrono::steady_clock::now() - first_unsynced_ >= options_.sync_interval)) {
+      const auto sync_start = std::chrono::steady_clock::now();
       if (store_->SyncWAL().ok()) {
+        fsync_seconds_.Observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
         fsyncs_++;
         unsynced_ = false;
       } else {
@@ -280,6 +286,12 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
     }
   }
   absl::Status status = store_->Write(&batch, /*sync=*/false);
+  group_sizes_.Observe(static_cast<double>(group.size()));
+  if (!status.ok() && !write_failing_.exchange(true)) {
+    spdlog::error("commit failed, writes are refused until one succeeds: {}", status.ToString());
+  } else if (status.ok() && write_failing_.exchange(false)) {
+    spdlog::info("commits succeed again");
+  }
   if (!status.ok()) {
     failed_ += group.size();
     std::vector<Pending> failed;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "errand/v1/job.pb.h"
+#include "metrics/histogram.h"
 #include "store/job_store.h"
 
 namespace errand::commit {
@@ -168,6 +169,15 @@ class CommitPipeline {
   void TrimEvents();
   const Options& options() const { return options_; }
 
+  // Metrics. Mutations per group written (one RocksDB write each), and the
+  // duration of every WAL fsync (the syncer's, or async mode's background
+  // sync), in seconds. Thread: any.
+  const metrics::Histogram& group_sizes() const { return group_sizes_; }
+  const metrics::Histogram& fsync_seconds() const { return fsync_seconds_; }
+  // True while the latest write failed (e.g. disk full): writes are being
+  // refused. Thread: any.
+  bool write_failing() const { return write_failing_.load(std::memory_order_relaxed); }
+
  private:
   struct Item {
     Mutation mutation;
@@ -217,6 +227,9 @@ class CommitPipeline {
   std::chrono::steady_clock::time_point last_trim_{};
   std::atomic<uint64_t> writes_{0}, groups_{0}, fsyncs_{0}, failed_{0};
   std::atomic<uint64_t> failed_syncs_{0};
+  metrics::Histogram group_sizes_{metrics::Histogram::PowersOfTwo(4096)};
+  metrics::Histogram fsync_seconds_{metrics::Histogram::Exponential(0.0001, 2, 15)};
+  std::atomic<bool> write_failing_{false};
   std::thread thread_;
 };
 

@@ -1,5 +1,7 @@
 #include "dispatch/engine.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cassert>
 #include <utility>
@@ -656,6 +658,7 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
       e->busy = false;
       if (r.status.ok()) {
         ApplyJob(*e, std::move(p.job));
+        e->queue->total_leased++;
         e->lease_token = p.token;
         e->lease_deadline = p.deadline;
         leases_.Add(p.deadline, p.id);
@@ -850,7 +853,11 @@ void Engine::Fail(uint64_t id, uint64_t lease_token, FailSpec spec, JobDone done
                 leases_.Remove(e.lease_deadline, e.id);
                 e.lease_token = 0;
                 if (!cancelled) e.queue->total_failed++;
-                if (e.job.state() == v1::JOB_STATE_DEAD) e.queue->total_dead++;
+                if (e.job.state() == v1::JOB_STATE_DEAD) {
+                  e.queue->total_dead++;
+                  spdlog::warn("job {} in queue {} is DEAD after {} attempts (failed)", e.job.id(),
+                               e.job.queue(), e.job.attempts());
+                }
                 Place(e);
                 done(GetJob(e.id));
                 Dispatch(*e.queue);
@@ -951,7 +958,7 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
     // A lost expiry is redone after a restart (the job is LEASED on disk);
     // its event waits for an fsync in sync mode all the same (see StartLease).
     CommitJob(e, std::move(job), type, /*sync=*/false,
-              [this, cancelled](const absl::Status& s, JobEntry& e) {
+              [this, cancelled, outcome](const absl::Status& s, JobEntry& e) {
                 if (!s.ok()) {
                   // Try again at the next tick; the job stays leased meanwhile.
                   leases_.Add(clock_.Now() + std::chrono::seconds(1), e.id);
@@ -960,7 +967,13 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
                   return;
                 }
                 if (!cancelled) e.queue->total_failed++;
-                if (e.job.state() == v1::JOB_STATE_DEAD) e.queue->total_dead++;
+                if (outcome != v1::ATTEMPT_OUTCOME_BROKER_RESTART) e.queue->total_lease_expired++;
+                if (e.job.state() == v1::JOB_STATE_DEAD) {
+                  e.queue->total_dead++;
+                  spdlog::warn("job {} in queue {} is DEAD after {} attempts ({})", e.job.id(),
+                               e.job.queue(), e.job.attempts(),
+                               v1::AttemptOutcome_Name(outcome));
+                }
                 Place(e);
                 Dispatch(*e.queue);
                 ArmTimers();
@@ -1197,7 +1210,11 @@ void Engine::UpdateQueueRecord(const std::string& name,
 
 void Engine::SetPaused(const std::string& queue, bool paused, StatusDone done) {
   UpdateQueueRecord(
-      queue, [paused](store::QueueRecord& r) { r.set_paused(paused); }, std::move(done));
+      queue, [paused](store::QueueRecord& r) { r.set_paused(paused); },
+      [queue, paused, done = std::move(done)](absl::Status s) {
+        if (s.ok()) spdlog::info("queue {} {}", queue, paused ? "paused" : "resumed");
+        done(std::move(s));
+      });
 }
 
 void Engine::SetQueueConfig(const std::string& queue, uint32_t max_leased_per_key,
@@ -1578,6 +1595,12 @@ v1::QueueStats Engine::QueueStats(const std::string& name) const {
 std::vector<v1::QueueStats> Engine::ListQueues() const {
   std::vector<v1::QueueStats> out;
   for (const auto& [name, q] : queues_) out.push_back(QueueStats(name));
+  return out;
+}
+
+std::map<std::string, Engine::LeaseTotals> Engine::LeaseTotalsByQueue() const {
+  std::map<std::string, LeaseTotals> out;
+  for (const auto& [name, q] : queues_) out[name] = LeaseTotals{q.total_leased, q.total_lease_expired};
   return out;
 }
 

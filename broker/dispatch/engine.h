@@ -249,6 +249,13 @@ class Engine {
   v1::QueueStats QueueStats(const std::string& queue) const;
   std::vector<v1::QueueStats> ListQueues() const;
   size_t job_count() const { return jobs_.size(); }
+  // Per queue, since start: leases granted, and leases that ended without
+  // Complete or Fail (deadline passed, or a Connect stream's grace ran out).
+  struct LeaseTotals {
+    uint64_t leased = 0;
+    uint64_t expired = 0;
+  };
+  std::map<std::string, LeaseTotals> LeaseTotalsByQueue() const;
   size_t waiting_leases() const { return waiters_.size(); }
 
   // Processes due leases and scheduled jobs. The timers call this; tests
@@ -297,6 +304,7 @@ class Engine {
     std::list<uint64_t> waiters;  // Lease calls waiting on this queue, oldest first
     uint64_t counts[7] = {};      // by JobState
     uint64_t total_enqueued = 0, total_succeeded = 0, total_failed = 0, total_dead = 0;
+    uint64_t total_leased = 0, total_lease_expired = 0;  // for metrics
     // Committed settings, and the record including writes in flight.
     bool paused = false;
     uint32_t max_leased_per_key = 0;

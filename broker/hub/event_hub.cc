@@ -1,6 +1,7 @@
 #include "hub/event_hub.h"
 
 #include <rocksdb/db.h>
+#include <spdlog/spdlog.h>
 
 #include <asio/post.hpp>
 #include <algorithm>
@@ -216,6 +217,10 @@ void EventHub::StartRead(Session& s) {
         return;
       }
       if (r.gap) {
+        cut_off_++;
+        spdlog::warn("subscriber {} cut off: it fell behind the retained event log (next seq {}, "
+                     "oldest retained {})",
+                     id, cursor + 1, pipeline_->first_event_seq());
         End(id, absl::OutOfRangeError(
                     "subscriber fell behind the retained event log: next seq " +
                     std::to_string(cursor + 1) + " was trimmed; the oldest retained seq is " +
@@ -230,6 +235,20 @@ void EventHub::StartRead(Session& s) {
       Pump(s);
     });
   });
+}
+
+EventHub::Stats EventHub::stats() const {
+  Stats st;
+  st.subscribers = sessions_.size();
+  st.cut_off = cut_off_;
+  for (const auto& [id, s] : sessions_) {
+    if (!s->live) st.catching_up++;
+    uint64_t behind = head_seq_ > s->cursor ? head_seq_ - s->cursor : 0;
+    uint64_t lag = behind + s->buffer.size();
+    st.max_lag = std::max(st.max_lag, lag);
+    st.total_lag += lag;
+  }
+  return st;
 }
 
 }  // namespace errand::hub

@@ -103,6 +103,18 @@ class EventHub {
   uint64_t head_seq() const { return head_seq_; }
   size_t subscribers() const { return sessions_.size(); }
 
+  // For metrics. A subscriber's lag is the number of committed events it
+  // has not been sent yet (buffered, or not yet examined; events its filter
+  // skips count until examined).
+  struct Stats {
+    size_t subscribers = 0;
+    size_t catching_up = 0;   // reading back from disk (CATCHUP)
+    uint64_t max_lag = 0;     // the largest lag of any subscriber
+    uint64_t total_lag = 0;   // the sum of all lags
+    uint64_t cut_off = 0;     // ended with OUT_OF_RANGE since start
+  };
+  Stats stats() const;
+
  private:
   struct Session {
     uint64_t id = 0;
@@ -129,6 +141,7 @@ class EventHub {
   uint64_t head_seq_;
   uint64_t next_id_ = 0;
   bool stopping_ = false;
+  uint64_t cut_off_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   // Batches waiting for a lower sequence number, by their first seq.
   std::map<uint64_t, std::vector<v1::Event>> pending_;

@@ -36,6 +36,7 @@ BrokerProcess::BrokerProcess(std::string data_dir, std::vector<std::string> extr
     : data_dir_(std::move(data_dir)), extra_args_(std::move(extra_args)) {
   port_file_ = data_dir_ + ".port";
   log_file_ = data_dir_ + ".log";
+  http_port_file_ = data_dir_ + ".httpport";
 }
 
 BrokerProcess::~BrokerProcess() {
@@ -43,6 +44,7 @@ BrokerProcess::~BrokerProcess() {
   std::error_code ec;
   std::filesystem::remove(port_file_, ec);
   std::filesystem::remove(log_file_, ec);
+  std::filesystem::remove(http_port_file_, ec);
 }
 
 bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout) {
@@ -50,6 +52,16 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
   std::filesystem::remove(port_file_, ec);
   std::vector<std::string> args = {ERRAND_BROKER_PATH, "--listen=127.0.0.1:0",
                                    "--data-dir=" + data_dir_, "--port-file=" + port_file_};
+  // HTTP endpoints on a free port (never the fixed default, which other
+  // brokers on this machine may hold), unless the test chooses.
+  std::filesystem::remove(http_port_file_, ec);
+  bool http_chosen = false, http_port_file_chosen = false;
+  for (const auto& a : extra_args_) {
+    http_chosen = http_chosen || a.rfind("--http-listen", 0) == 0;
+    http_port_file_chosen = http_port_file_chosen || a.rfind("--http-port-file", 0) == 0;
+  }
+  if (!http_chosen) args.push_back("--http-listen=127.0.0.1:0");
+  if (!http_port_file_chosen) args.push_back("--http-port-file=" + http_port_file_);
   for (const auto& a : extra_args_) args.push_back(a);
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
@@ -72,6 +84,7 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
   }
   pid_ = pid;
   port_ = 0;
+  http_port_ = 0;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
@@ -87,6 +100,10 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
       // The port file is written once the server listens; health says it serves.
       int health = 0;
       if (HealthCheck(Channel(), "", &health, std::chrono::seconds(1)).ok() && health == 1) {
+        // The HTTP port file is written before the gRPC one.
+        std::ifstream http_in(http_port_file_);
+        int http_port = 0;
+        if (http_in >> http_port && http_port > 0) http_port_ = http_port;
         return true;
       }
     }

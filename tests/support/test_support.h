@@ -55,6 +55,10 @@ class BrokerProcess {
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
   int port() const { return port_; }
+  // The port of the broker's HTTP endpoints (/metrics, /healthz, /readyz).
+  // Unless `extra_args` name --http-listen, they listen on 127.0.0.1:0. 0
+  // when disabled or not known.
+  int http_port() const { return http_port_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // A new channel to the broker.
   std::shared_ptr<grpc::Channel> Channel() const;
@@ -71,8 +75,10 @@ class BrokerProcess {
   std::vector<std::string> extra_args_;
   std::string port_file_;
   std::string log_file_;
+  std::string http_port_file_;
   pid_t pid_ = -1;
   int port_ = 0;
+  int http_port_ = 0;
   std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
 
