@@ -6,6 +6,23 @@
 #include "util/time.h"
 
 namespace errand::service {
+namespace {
+
+// The completion of an engine operation that counts what it did: sets the
+// count on the response and finishes, or finishes with the error.
+template <typename SetCount>
+dispatch::Engine::CountDone AnswerCount(grpc::ServerUnaryReactor* reactor, SetCount set) {
+  return [reactor, set](absl::StatusOr<uint64_t> r) {
+    if (!r.ok()) {
+      reactor->Finish(ToGrpc(r.status()));
+      return;
+    }
+    set(*r);
+    reactor->Finish(grpc::Status::OK);
+  };
+}
+
+}  // namespace
 
 grpc::ServerUnaryReactor* AdminService::ListQueues(grpc::CallbackServerContext* context,
                                                    const v1::ListQueuesRequest*,
@@ -95,14 +112,9 @@ grpc::ServerUnaryReactor* AdminService::PurgeQueue(grpc::CallbackServerContext* 
     return reactor;
   }
   ctx_->OnCore([ctx = ctx_, reactor, response, queue = request->queue()] {
-    ctx->engine->Purge(queue, [reactor, response](absl::StatusOr<uint64_t> r) {
-      if (!r.ok()) {
-        reactor->Finish(ToGrpc(r.status()));
-        return;
-      }
-      response->set_purged(*r);
-      reactor->Finish(grpc::Status::OK);
-    });
+    ctx->engine->Purge(queue, AnswerCount(reactor, [response](uint64_t n) {
+                         response->set_purged(n);
+                       }));
   });
   return reactor;
 }
@@ -170,14 +182,9 @@ grpc::ServerUnaryReactor* AdminService::RedriveJobs(grpc::CallbackServerContext*
   ctx_->OnCore([ctx = ctx_, reactor, response, queue = request->queue(), ids = std::move(ids),
                 payload = std::move(payload)]() mutable {
     ctx->engine->Redrive(queue, std::move(ids), std::move(payload),
-                         [reactor, response](absl::StatusOr<uint64_t> r) {
-                           if (!r.ok()) {
-                             reactor->Finish(ToGrpc(r.status()));
-                             return;
-                           }
-                           response->set_redriven(*r);
-                           reactor->Finish(grpc::Status::OK);
-                         });
+                         AnswerCount(reactor, [response](uint64_t n) {
+                           response->set_redriven(n);
+                         }));
   });
   return reactor;
 }

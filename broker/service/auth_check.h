@@ -62,18 +62,4 @@ absl::Status AllowJob(const ServiceContext* ctx, const auth::PrincipalRef& p, ui
 // (an empty queue list would mean the job events of every queue).
 absl::Status AllowSubscribe(const auth::PrincipalRef& p, const v1::SubscribeRequest& r);
 
-// Stream reactors that only finish with `status` (a refused stream call).
-template <typename Req, typename Resp>
-class RefusedBidi final : public grpc::ServerBidiReactor<Req, Resp> {
- public:
-  explicit RefusedBidi(grpc::Status status) { this->Finish(std::move(status)); }
-  void OnDone() override { delete this; }
-};
-template <typename Resp>
-class RefusedWriter final : public grpc::ServerWriteReactor<Resp> {
- public:
-  explicit RefusedWriter(grpc::Status status) { this->Finish(std::move(status)); }
-  void OnDone() override { delete this; }
-};
-
 }  // namespace errand::service

@@ -1,6 +1,7 @@
 #include "service/events_service.h"
 
 #include "service/auth_check.h"
+#include "service/call_limits.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
 #include "util/time.h"
@@ -12,7 +13,7 @@ grpc::ServerWriteReactor<v1::SubscribeResponse>* EventsService::Subscribe(
   auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Events/Subscribe");
   absl::Status s = who.status();
   if (s.ok()) s = AllowSubscribe(*who, *request);
-  if (!s.ok()) return new RefusedWriter<v1::SubscribeResponse>(ToGrpc(s));
+  if (!s.ok()) return RejectedWrite<v1::SubscribeResponse>(ToGrpc(s));
   return NewSubscribeReactor(ctx_, context, request);
 }
 

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "service/auth_check.h"
+#include "service/call_limits.h"
 #include "service/enqueue_stream.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
@@ -98,7 +99,7 @@ grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>*
 JobsService::EnqueueStream(grpc::CallbackServerContext* context) {
   auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueStream");
   if (!who.ok()) {
-    return new RefusedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
+    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
         ToGrpc(who.status()));
   }
   return NewEnqueueStream(ctx_, context, std::move(*who));
@@ -232,7 +233,7 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* JobsService::EnqueueAndWatch(
   auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueAndWatch");
   absl::Status s = who.status();
   if (s.ok()) s = AllowQueue(*who, request->queue());
-  if (!s.ok()) return new RefusedWriter<v1::WatchJobResponse>(ToGrpc(s));
+  if (!s.ok()) return RejectedWrite<v1::WatchJobResponse>(ToGrpc(s));
   return NewWatchReactor(ctx_, context, request);
 }
 

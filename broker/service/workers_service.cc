@@ -3,6 +3,7 @@
 #include <memory>
 
 #include "service/auth_check.h"
+#include "service/call_limits.h"
 #include "service/grpc_status.h"
 #include "service/worker_stream.h"
 #include "util/time.h"
@@ -100,7 +101,7 @@ grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* WorkersService
     grpc::CallbackServerContext* context) {
   auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Connect");
   if (!who.ok()) {
-    return new RefusedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(who.status()));
+    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(who.status()));
   }
   return NewWorkerStream(ctx_, context, std::move(*who));
 }
