@@ -69,29 +69,40 @@ absl::Status Engine::Recover(store::JobStore& store) {
     return absl::OkStatus();
   });
   if (!qs.ok()) return qs;
-  return store.ForEachJob([&](uint64_t id, store::JobRecord&& rec) -> absl::Status {
-    if (rec.job().id() != store::FormatJobId(id)) {
+  QueueState* last_queue = nullptr;  // jobs of one queue tend to come in runs
+  std::string job_bytes;
+  return store.ForEachJobWithBytes([&](uint64_t id, store::JobRecord&& rec,
+                                       std::string_view bytes) -> absl::Status {
+    const v1::Job& job = rec.job();
+    if (job.id() != store::FormatJobId(id)) {
       return absl::DataLossError("job record " + store::FormatJobId(id) + " names id " +
-                                 rec.job().id());
+                                 job.id());
+    }
+    if (!JobBytesOfRecord(bytes, &job_bytes)) {
+      return absl::DataLossError("job record " + store::FormatJobId(id) + " is corrupt");
     }
     auto entry = std::make_unique<JobEntry>();
     entry->id = id;
-    entry->job = std::move(*rec.mutable_job());
-    entry->queue = &Queue(entry->job.queue());
-    entry->run_at = FromProto(entry->job.run_at());
+    entry->job.Adopt(job, std::move(job_bytes));
+    job_bytes = std::string();
+    if (last_queue == nullptr || last_queue->name != job.queue()) {
+      last_queue = &Queue(job.queue());
+    }
+    entry->queue = last_queue;
+    entry->run_at = FromProto(job.run_at());
     last_job_id_ = std::max(last_job_id_, id);
     JobEntry& e = *entry;
     jobs_.emplace(id, std::move(entry));
     e.queue->counts[e.job.state()]++;
-    e.queue->ids.insert(id);
-    if (!e.job.idempotency_key().empty()) {
+    e.queue->ids.insert(e.queue->ids.end(), id);  // ids come in order
+    if (!job.idempotency_key().empty()) {
       // Jobs come in id (creation) order: the last one with a key is the
       // one a repeated enqueue must find (an older one may have been made
       // before the window, and then the key was used anew).
-      idem_[IdemKey(e.job.queue(), e.job.idempotency_key())] =
-          IdemEntry{id, FromProto(e.job.created_at())};
+      idem_[IdemKey(job.queue(), job.idempotency_key())] =
+          IdemEntry{id, FromProto(job.created_at())};
     }
-    if (IsTerminal(e.job.state())) UpdateExpiry(e);
+    if (IsTerminal(e.job.state())) UpdateExpiry(e, job);
     switch (e.job.state()) {
       case v1::JOB_STATE_READY:
       case v1::JOB_STATE_SCHEDULED:
@@ -186,15 +197,23 @@ void Engine::SetState(JobEntry& e, v1::JobState state) {
   e.job.set_state(state);
 }
 
-void Engine::ApplyJob(JobEntry& e, v1::Job job) {
+void Engine::ApplyJob(JobEntry& e, const v1::Job& job) {
   v1::JobState old_state = e.job.state();
   v1::JobState new_state = job.state();
-  e.job = std::move(job);
+  e.job.Pack(job);
   e.job.set_state(old_state);
   SetState(e, new_state);
-  e.run_at = FromProto(e.job.run_at());
-  UpdateExpiry(e);
+  e.run_at = FromProto(job.run_at());
+  UpdateExpiry(e, job);
   if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
+}
+
+v1::Job Engine::Load(const JobEntry& e) const {
+  v1::Job job = e.job.Unpack();
+  if (job.state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
+    *job.mutable_lease_deadline() = ToProto(e.lease_deadline);
+  }
+  return job;
 }
 
 uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done) {
@@ -456,15 +475,15 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
       entry->id = store::ParseJobId(job.id()).value();
       entry->queue = &Queue(job.queue());
       entry->run_at = FromProto(job.run_at());
-      entry->job = std::move(job);
+      entry->job.Pack(job);
       JobEntry& e = *entry;
       jobs_.emplace(e.id, std::move(entry));
       e.queue->counts[e.job.state()]++;
       e.queue->total_enqueued++;
       e.queue->ids.insert(e.id);
-      if (!e.job.idempotency_key().empty()) {
-        idem_[IdemKey(e.job.queue(), e.job.idempotency_key())] =
-            IdemEntry{e.id, FromProto(e.job.created_at())};
+      if (!job.idempotency_key().empty()) {
+        idem_[IdemKey(job.queue(), job.idempotency_key())] =
+            IdemEntry{e.id, FromProto(job.created_at())};
       }
       Place(e);
       touched.push_back(e.queue);
@@ -489,17 +508,13 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
 
 const std::string* Engine::JobQueue(uint64_t id) const {
   JobEntry* e = Find(id);
-  return e == nullptr ? nullptr : &e->job.queue();
+  return e == nullptr ? nullptr : &e->queue->name;
 }
 
 absl::StatusOr<v1::Job> Engine::GetJob(uint64_t id) const {
   JobEntry* e = Find(id);
   if (e == nullptr) return absl::NotFoundError("job " + store::FormatJobId(id) + " not found");
-  v1::Job job = e->job;
-  if (job.state() == v1::JOB_STATE_LEASED && e->lease_token != 0) {
-    *job.mutable_lease_deadline() = ToProto(e->lease_deadline);
-  }
-  return job;
+  return Load(*e);
 }
 
 // ---------------------------------------------------------------------------
@@ -519,7 +534,7 @@ void Engine::Place(JobEntry& e) {
 
 void Engine::MakeReady(JobEntry& e) {
   if (e.job.state() != v1::JOB_STATE_READY) SetState(e, v1::JOB_STATE_READY);
-  e.ready_since = std::max(e.run_at, FromProto(e.job.updated_at()));
+  e.ready_since = std::max(e.run_at, e.job.updated_at());
   e.ready_seq = ++ready_counter_;
   ReadyPush(e);
 }
@@ -628,7 +643,7 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
   auto picks = std::make_shared<std::vector<Pick>>();
   for (JobEntry* e : picked) {
     e->busy = true;
-    v1::Job job = e->job;
+    v1::Job job = Load(*e);
     job.set_state(v1::JOB_STATE_LEASED);
     job.set_attempts(job.attempts() + 1);
     job.set_cancel_requested(false);
@@ -657,13 +672,13 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
       assert(e != nullptr);
       e->busy = false;
       if (r.status.ok()) {
-        ApplyJob(*e, std::move(p.job));
+        ApplyJob(*e, p.job);
         e->queue->total_leased++;
         e->lease_token = p.token;
         e->lease_deadline = p.deadline;
         leases_.Add(p.deadline, p.id);
         v1::Lease lease;
-        *lease.mutable_job() = e->job;
+        *lease.mutable_job() = std::move(p.job);
         lease.set_lease_token(p.token);
         *lease.mutable_deadline() = ToProto(p.deadline);
         leases.push_back(std::move(lease));
@@ -698,13 +713,14 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
 absl::Status Engine::Check(const JobEntry& e, uint64_t lease_token) const {
   if (e.job.state() != v1::JOB_STATE_LEASED || e.lease_token == 0) {
     return absl::FailedPreconditionError(
-        "job " + e.job.id() + " is not leased (state " + v1::JobState_Name(e.job.state()) +
+        "job " + store::FormatJobId(e.id) + " is not leased (state " +
+        v1::JobState_Name(e.job.state()) +
         "); lease_token " + std::to_string(lease_token) + " is stale");
   }
   if (e.lease_token != lease_token) {
     return absl::FailedPreconditionError(
         "lease_token " + std::to_string(lease_token) + " is not the current lease of job " +
-        e.job.id() + " (now on attempt " + std::to_string(e.job.attempts()) +
+        store::FormatJobId(e.id) + " (now on attempt " + std::to_string(e.job.attempts()) +
         "); this worker lost its lease");
   }
   return absl::OkStatus();
@@ -737,7 +753,7 @@ v1::Job Engine::EndAttempt(const JobEntry& e, v1::AttemptOutcome outcome,
                            const std::string& error, microseconds retry_after,
                            bool non_retryable, bool immediate_retry) {
   const auto now = clock_.Now();
-  v1::Job job = e.job;
+  v1::Job job = Load(e);
   *job.mutable_updated_at() = ToProto(now);
   job.clear_lease_deadline();
   job.set_error(Truncate(error));
@@ -788,7 +804,7 @@ void Engine::Complete(uint64_t id, uint64_t lease_token, std::string result, Job
       return;
     }
     const auto now = clock_.Now();
-    v1::Job job = e.job;
+    v1::Job job = Load(e);
     job.set_state(v1::JOB_STATE_SUCCEEDED);
     job.set_result(std::move(result));
     job.clear_error();
@@ -855,8 +871,9 @@ void Engine::Fail(uint64_t id, uint64_t lease_token, FailSpec spec, JobDone done
                 if (!cancelled) e.queue->total_failed++;
                 if (e.job.state() == v1::JOB_STATE_DEAD) {
                   e.queue->total_dead++;
-                  spdlog::warn("job {} in queue {} is DEAD after {} attempts (failed)", e.job.id(),
-                               e.job.queue(), e.job.attempts());
+                  spdlog::warn("job {} in queue {} is DEAD after {} attempts (failed)",
+                               store::FormatJobId(e.id),
+                               e.queue->name, e.job.attempts());
                 }
                 Place(e);
                 done(GetJob(e.id));
@@ -886,13 +903,13 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
       return;
     }
     const auto now = clock_.Now();
-    microseconds by = extend_by.count() > 0 ? extend_by : DurationFromProto(e.job.lease_duration());
+    microseconds by = extend_by.count() > 0 ? extend_by
+                                            : DurationFromProto(e.job.Unpack().lease_duration());
     auto deadline = now + by;
     auto apply_deadline = [this, deadline](JobEntry& e) {
       leases_.Remove(e.lease_deadline, e.id);
       e.lease_deadline = deadline;
-      leases_.Add(deadline, e.id);
-      *e.job.mutable_lease_deadline() = ToProto(deadline);
+      leases_.Add(deadline, e.id);  // Load() shows it from here on
       ArmTimers();
     };
     if (!progress) {
@@ -900,7 +917,7 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
       done(ExtendOutcome{deadline, e.job.cancel_requested()});
       return;
     }
-    v1::Job job = e.job;
+    v1::Job job = Load(e);
     *progress->mutable_updated_at() = ToProto(now);
     *job.mutable_progress() = std::move(*progress);
     *job.mutable_updated_at() = ToProto(now);
@@ -970,8 +987,9 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
                 if (outcome != v1::ATTEMPT_OUTCOME_BROKER_RESTART) e.queue->total_lease_expired++;
                 if (e.job.state() == v1::JOB_STATE_DEAD) {
                   e.queue->total_dead++;
-                  spdlog::warn("job {} in queue {} is DEAD after {} attempts ({})", e.job.id(),
-                               e.job.queue(), e.job.attempts(),
+                  spdlog::warn("job {} in queue {} is DEAD after {} attempts ({})",
+                               store::FormatJobId(e.id),
+                               e.queue->name, e.job.attempts(),
                                v1::AttemptOutcome_Name(outcome));
                 }
                 Place(e);
@@ -1047,7 +1065,8 @@ void Engine::ArmTimers() {
 void Engine::ReadyPush(JobEntry& e) {
   ReadyQueue::Entry entry{e.job.priority(), e.ready_seq, e.id};
   e.queue->ready.Push(entry);
-  e.queue->ready_by_key[e.job.concurrency_key()].Push(entry);
+  e.queue->ready_by_key.try_emplace(e.job.concurrency_key(), /*track_oldest=*/false)
+      .first->second.Push(entry);
 }
 
 bool Engine::ReadyErase(JobEntry& e) {
@@ -1087,7 +1106,7 @@ std::optional<ReadyQueue::Entry> Engine::PickNext(const QueueState& q) const {
 
 v1::Job Engine::CancelledJob(const JobEntry& e, const std::string& attempt_error) const {
   const auto now = clock_.Now();
-  v1::Job job = e.job;
+  v1::Job job = Load(e);
   job.set_state(v1::JOB_STATE_CANCELLED);
   job.clear_lease_deadline();
   *job.mutable_updated_at() = ToProto(now);
@@ -1123,12 +1142,12 @@ void Engine::Cancel(uint64_t id, std::string reason, JobDone done) {
     const v1::JobState state = e.job.state();
     if (IsTerminal(state)) {
       done(absl::FailedPreconditionError(
-          "job " + e.job.id() + " is already " + v1::JobState_Name(state) +
+          "job " + store::FormatJobId(e.id) + " is already " + v1::JobState_Name(state) +
           "; only READY, SCHEDULED or LEASED jobs can be cancelled"));
       return;
     }
     const auto now = clock_.Now();
-    v1::Job job = e.job;
+    v1::Job job = Load(e);
     *job.mutable_updated_at() = ToProto(now);
     job.set_error(reason);
     if (state == v1::JOB_STATE_LEASED) {
@@ -1269,7 +1288,7 @@ void Engine::Purge(const std::string& queue, CountDone done) {
       ReadyErase(e);
       e.busy = true;
       m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
-      v1::Event ev = MakeEvent(e.job, v1::EVENT_TYPE_DELETED);
+      v1::Event ev = MakeEvent(Load(e), v1::EVENT_TYPE_DELETED);
       *ev.mutable_time() = ToProto(now);
       m.events.push_back(std::move(ev));
     }
@@ -1325,8 +1344,8 @@ void Engine::EraseJob(uint64_t id) {
   if (e.expiring) expiries_.Remove(e.expire_at, id);
   q.counts[e.job.state()]--;
   q.ids.erase(id);
-  if (!e.job.idempotency_key().empty()) {
-    auto k = idem_.find(IdemKey(e.job.queue(), e.job.idempotency_key()));
+  if (e.job.has_idempotency_key()) {
+    auto k = idem_.find(IdemKey(q.name, e.job.Unpack().idempotency_key()));
     if (k != idem_.end() && k->second.job_id == id) idem_.erase(k);
   }
   deleted_total_++;
@@ -1336,7 +1355,7 @@ void Engine::EraseJob(uint64_t id) {
     JobWaiter waiter = std::move(w->second);
     job_waiters_.erase(w);
     waiter.timer->cancel();
-    waiter.done(absl::NotFoundError("job " + e.job.id() + " was deleted"), false);
+    waiter.done(absl::NotFoundError("job " + store::FormatJobId(e.id) + " was deleted"), false);
   }
   // Operations that waited for the job's write now find no job.
   for (auto& fn : e.deferred) fn();
@@ -1353,18 +1372,18 @@ void Engine::NoteDeleted(uint64_t n) {
 // ---------------------------------------------------------------------------
 // Retention.
 
-void Engine::UpdateExpiry(JobEntry& e) {
+void Engine::UpdateExpiry(JobEntry& e, const v1::Job& job) {
   if (e.expiring) {
     expiries_.Remove(e.expire_at, e.id);
     e.expiring = false;
   }
   if (!IsTerminal(e.job.state())) return;
   microseconds keep = options_.retention;
-  if (e.job.has_retention() && DurationFromProto(e.job.retention()).count() > 0) {
-    keep = DurationFromProto(e.job.retention());
+  if (job.has_retention() && DurationFromProto(job.retention()).count() > 0) {
+    keep = DurationFromProto(job.retention());
   }
-  auto finished = e.job.has_finished_at() ? FromProto(e.job.finished_at())
-                                          : FromProto(e.job.updated_at());
+  auto finished = job.has_finished_at() ? FromProto(job.finished_at())
+                                        : FromProto(job.updated_at());
   e.expire_at = finished + keep;
   e.expiring = true;
   expiries_.Add(e.expire_at, e.id);
@@ -1394,7 +1413,7 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
     e->busy = true;
     ids->push_back(id);
     m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
-    v1::Event ev = MakeEvent(e->job, v1::EVENT_TYPE_DELETED);
+    v1::Event ev = MakeEvent(Load(*e), v1::EVENT_TYPE_DELETED);
     *ev.mutable_time() = ToProto(now);
     m.events.push_back(std::move(ev));
   }
@@ -1448,13 +1467,14 @@ void Engine::Redrive(const std::string& queue, std::vector<uint64_t> ids,
         done(absl::NotFoundError(field + ": job " + store::FormatJobId(ids[i]) + " not found"));
         return;
       }
-      if (!queue.empty() && e->job.queue() != queue) {
-        done(absl::InvalidArgumentError(field + ": job " + e->job.id() + " is in queue \"" +
-                                        e->job.queue() + "\", not \"" + queue + "\""));
+      if (!queue.empty() && e->queue->name != queue) {
+        done(absl::InvalidArgumentError(field + ": job " + store::FormatJobId(e->id) +
+                                        " is in queue \"" +
+                                        e->queue->name + "\", not \"" + queue + "\""));
         return;
       }
       if (e->job.state() != v1::JOB_STATE_DEAD) {
-        done(absl::FailedPreconditionError(field + ": job " + e->job.id() + " is " +
+        done(absl::FailedPreconditionError(field + ": job " + store::FormatJobId(e->id) + " is " +
                                            v1::JobState_Name(e->job.state()) +
                                            ", not DEAD; only DEAD jobs can be redriven"));
         return;
@@ -1494,7 +1514,7 @@ void Engine::Redrive(const std::string& queue, std::vector<uint64_t> ids,
       }
       JobEntry& e = *found;
       const auto now = clock_.Now();
-      v1::Job job = e.job;
+      v1::Job job = Load(e);
       job.set_state(v1::JOB_STATE_READY);
       job.set_attempts(0);
       job.clear_error();
@@ -1527,7 +1547,7 @@ ListPage Engine::ListJobs(const ListSpec& spec) const {
   ListPage page;
   auto qit = queues_.find(spec.queue);
   if (qit == queues_.end()) return page;
-  const std::set<uint64_t>& ids = qit->second.ids;
+  const absl::btree_set<uint64_t>& ids = qit->second.ids;
   size_t scanned = 0;
   uint64_t last = 0;
   auto visit = [&](uint64_t id) -> bool {  // false: the page is done

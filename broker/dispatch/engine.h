@@ -1,6 +1,8 @@
 #pragma once
 
 #include <absl/status/status.h>
+#include <absl/container/btree_set.h>
+#include <absl/container/flat_hash_map.h>
 #include <absl/status/statusor.h>
 
 #include <asio/io_context.hpp>
@@ -23,6 +25,7 @@
 #include "commit/commit_pipeline.h"
 #include "dispatch/backoff.h"
 #include "dispatch/deadline_set.h"
+#include "dispatch/packed_job.h"
 #include "dispatch/ready_queue.h"
 #include "errand/v1/admin.pb.h"
 #include "errand/v1/jobs.pb.h"
@@ -265,8 +268,10 @@ class Engine {
  private:
   struct QueueState;
 
+  // One per job: millions may be held, so the committed job is kept packed
+  // (its wire bytes and hot fields, see packed_job.h; Load() parses it).
   struct JobEntry {
-    v1::Job job;  // committed state (SCHEDULED->READY promotion is in memory only)
+    PackedJob job;  // committed state (SCHEDULED->READY promotion is in memory only)
     uint64_t id = 0;
     uint64_t lease_token = 0;
     util::Clock::TimePoint lease_deadline{};
@@ -295,11 +300,12 @@ class Engine {
     ReadyQueue ready;  // every READY job
     // The same READY jobs by concurrency_key ("" for jobs without one);
     // keys take turns (round-robin after rr_last) within one priority.
+    // (Built without the oldest-first index: only `ready` answers Oldest().)
     std::map<std::string, ReadyQueue> ready_by_key;
     std::string rr_last;
     // Jobs LEASED, or picked for a lease being committed, per non-empty key.
     std::unordered_map<std::string, uint32_t> leased_by_key;
-    std::set<uint64_t> ids;       // every job of the queue (id order = creation order)
+    absl::btree_set<uint64_t> ids;  // every job of the queue (id order = creation order)
     uint64_t pending = 0;         // jobs in enqueues not yet committed
     std::list<uint64_t> waiters;  // Lease calls waiting on this queue, oldest first
     uint64_t counts[7] = {};      // by JobState
@@ -332,7 +338,8 @@ class Engine {
   // Removes a job from memory after its record was deleted; answers its
   // waiters and runs its deferred operations (which then find no job).
   void EraseJob(uint64_t id);
-  void UpdateExpiry(JobEntry& e);
+  // REQUIRES: `job` is e's committed job (its retention and finish time).
+  void UpdateExpiry(JobEntry& e, const v1::Job& job);
   void SweepRetention(util::Clock::TimePoint now);
   void NoteDeleted(uint64_t n);
   void UpdateQueueRecord(const std::string& name,
@@ -353,7 +360,10 @@ class Engine {
   void ReleaseJob(JobEntry& e);
 
   // Moves the job's in-memory state (and the per-state counts) to `job`.
-  void ApplyJob(JobEntry& e, v1::Job job);
+  void ApplyJob(JobEntry& e, const v1::Job& job);
+  // The job's committed state, parsed, with its in-memory state and (while
+  // leased) its current lease deadline.
+  v1::Job Load(const JobEntry& e) const;
   void SetState(JobEntry& e, v1::JobState state);
   // Places a committed READY or SCHEDULED job in the ready queue or the
   // schedule, and wakes waiters.
@@ -389,7 +399,9 @@ class Engine {
   const EngineOptions options_;
   const uint64_t boot_epoch_;
 
-  std::unordered_map<uint64_t, std::unique_ptr<JobEntry>> jobs_;
+  // Entries live on the heap (their addresses are held while writes are in
+  // flight); the table itself is flat: ~20 bytes per job, not a node.
+  absl::flat_hash_map<uint64_t, std::unique_ptr<JobEntry>> jobs_;
   std::map<std::string, QueueState> queues_;
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::unordered_map<uint64_t, JobWaiter> job_waiters_;

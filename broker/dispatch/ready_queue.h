@@ -1,9 +1,10 @@
 #pragma once
 
+#include <absl/container/btree_set.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <optional>
-#include <set>
 #include <tuple>
 
 namespace errand::dispatch {
@@ -11,9 +12,17 @@ namespace errand::dispatch {
 // The READY jobs of one queue in delivery order: higher priority first, FIFO
 // (by the order in which jobs became ready) within one priority.
 //
+// Both orders are B-trees of 24-byte entries (about 30 bytes per job with
+// the node overhead, against 64 for a std::set node): a queue may hold
+// millions of jobs.
+//
 // Thread: core. Not synchronised.
 class ReadyQueue {
  public:
+  // `track_oldest`: keep the order by ready_seq that Oldest() needs (a
+  // second index of every entry). Default: true.
+  explicit ReadyQueue(bool track_oldest = true) : track_oldest_(track_oldest) {}
+
   struct Entry {
     int32_t priority;
     // Increases each time any job becomes ready; orders FIFO within a
@@ -29,6 +38,7 @@ class ReadyQueue {
   std::optional<Entry> Front() const;
   std::optional<Entry> PopFront();
   // The entry that became ready first (smallest ready_seq), any priority.
+  // REQUIRES: constructed with track_oldest.
   std::optional<Entry> Oldest() const;
   size_t size() const { return by_order_.size(); }
   bool empty() const { return by_order_.empty(); }
@@ -48,8 +58,9 @@ class ReadyQueue {
       return std::tie(a.ready_seq, a.job_id) < std::tie(b.ready_seq, b.job_id);
     }
   };
-  std::set<Entry, ByOrder> by_order_;
-  std::set<Entry, BySeq> by_seq_;
+  bool track_oldest_;
+  absl::btree_set<Entry, ByOrder> by_order_;
+  absl::btree_set<Entry, BySeq> by_seq_;  // empty unless track_oldest_
 };
 
 }  // namespace errand::dispatch

@@ -13,6 +13,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "broker/store/records.pb.h"
@@ -48,7 +49,12 @@ class JobStore {
   uint64_t boot_epoch() const { return boot_epoch_; }
 
   // Calls `fn` for every stored job in id order; stops at the first error.
+  // A full scan: reads ahead and leaves the block cache alone.
   absl::Status ForEachJob(const std::function<absl::Status(uint64_t, JobRecord&&)>& fn);
+  // As ForEachJob, also passing the record's stored bytes (valid during the
+  // call only), so that a caller keeping them need not serialize again.
+  absl::Status ForEachJobWithBytes(
+      const std::function<absl::Status(uint64_t, JobRecord&&, std::string_view)>& fn);
   // The highest event sequence number stored, 0 when none.
   absl::StatusOr<uint64_t> LastEventSeq();
   // The lowest event sequence number stored, 0 when none.

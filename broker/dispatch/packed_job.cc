@@ -1,0 +1,64 @@
+#include "dispatch/packed_job.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/wire_format_lite.h>
+
+#include <cstdlib>
+#include <utility>
+
+#include "util/time.h"
+
+namespace errand::dispatch {
+
+void PackedJob::Note(const v1::Job& job) {
+  concurrency_key_ = job.concurrency_key();
+  updated_at_ = util::FromProto(job.updated_at());
+  priority_ = job.priority();
+  attempts_ = job.attempts();
+  state_ = static_cast<uint8_t>(job.state());
+  cancel_requested_ = job.cancel_requested();
+  has_idempotency_key_ = !job.idempotency_key().empty();
+}
+
+void PackedJob::Pack(const v1::Job& job) {
+  Note(job);
+  wire_.clear();
+  job.SerializeToString(&wire_);
+  wire_.shrink_to_fit();
+}
+
+void PackedJob::Adopt(const v1::Job& job, std::string wire) {
+  Note(job);
+  wire_ = std::move(wire);
+  wire_.shrink_to_fit();
+}
+
+v1::Job PackedJob::Unpack() const {
+  v1::Job job;
+  if (!job.ParseFromString(wire_)) std::abort();  // our own bytes: a broken invariant
+  job.set_state(state());
+  return job;
+}
+
+bool JobBytesOfRecord(std::string_view record, std::string* job_bytes) {
+  using google::protobuf::internal::WireFormatLite;
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(record.data()),
+                                            static_cast<int>(record.size()));
+  job_bytes->clear();
+  while (true) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) return in.ConsumedEntireMessage();
+    if (WireFormatLite::GetTagFieldNumber(tag) == 1 &&
+        WireFormatLite::GetTagWireType(tag) == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
+      uint32_t len = 0;
+      if (!in.ReadVarint32(&len) || !in.ReadString(job_bytes, static_cast<int>(len))) {
+        return false;
+      }
+      continue;  // the last occurrence wins, as in a parse (a repeated
+                 // submessage would merge; we never write one twice)
+    }
+    if (!WireFormatLite::SkipField(&in, tag)) return false;
+  }
+}
+
+}  // namespace errand::dispatch

@@ -1,0 +1,68 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "errand/v1/job.pb.h"
+#include "util/clock.h"
+
+namespace errand::dispatch {
+
+// A committed job as the engine keeps it in memory: the job's wire bytes in
+// one allocation, plus the few fields that dispatch decisions read without
+// parsing (state, priority, attempts, concurrency key...). A parsed v1::Job
+// costs ~950 bytes and a dozen allocations (payload, id, queue and every
+// Timestamp/Duration submessage apart); its wire form costs its size (~340
+// bytes for a 256-byte payload) in one. A broker holding millions of READY
+// jobs pays this per job.
+//
+// The engine's in-memory state wins over the bytes where the two may
+// differ (a SCHEDULED job promoted to READY is not rewritten): Unpack() sets
+// state() on the parsed job.
+//
+// Thread: core, like the Engine that owns it. Not synchronised.
+class PackedJob {
+ public:
+  PackedJob() = default;
+
+  // Keeps `job` (serialized) and its hot fields.
+  void Pack(const v1::Job& job);
+  // As Pack, adopting `wire`: REQUIRES it to be the serialized form of `job`
+  // (e.g. the bytes `job` was parsed from).
+  void Adopt(const v1::Job& job, std::string wire);
+
+  // The job as packed, with state() as its state. Aborts on bytes that do
+  // not parse (they were serialized here, or parsed once already).
+  v1::Job Unpack() const;
+
+  v1::JobState state() const { return static_cast<v1::JobState>(state_); }
+  // In-memory only: the bytes keep the committed state.
+  void set_state(v1::JobState state) { state_ = static_cast<uint8_t>(state); }
+  int32_t priority() const { return priority_; }
+  uint32_t attempts() const { return attempts_; }
+  bool cancel_requested() const { return cancel_requested_; }
+  bool has_idempotency_key() const { return has_idempotency_key_; }
+  const std::string& concurrency_key() const { return concurrency_key_; }
+  util::Clock::TimePoint updated_at() const { return updated_at_; }
+  // Bytes held (the wire form), for tests and accounting.
+  size_t wire_size() const { return wire_.size(); }
+
+ private:
+  void Note(const v1::Job& job);
+
+  std::string wire_;
+  std::string concurrency_key_;
+  util::Clock::TimePoint updated_at_{};
+  int32_t priority_ = 0;
+  uint32_t attempts_ = 0;
+  uint8_t state_ = 0;
+  bool cancel_requested_ = false;
+  bool has_idempotency_key_ = false;
+};
+
+// The bytes of field 1 (`job`) of a serialized store::JobRecord, without
+// parsing the job; false when `record` is malformed.
+bool JobBytesOfRecord(std::string_view record, std::string* job_bytes);
+
+}  // namespace errand::dispatch

@@ -1,0 +1,112 @@
+#include "dispatch/packed_job.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <string>
+
+#include "broker/store/records.pb.h"
+#include "util/time.h"
+
+namespace errand::dispatch {
+namespace {
+
+v1::Job FullJob() {
+  v1::Job job;
+  job.set_id("0000000000000042");
+  job.set_queue("emails");
+  job.set_state(v1::JOB_STATE_SCHEDULED);
+  job.set_payload(std::string(256, 'p'));
+  (*job.mutable_headers())["trace"] = "abc";
+  job.set_priority(-7);
+  job.set_attempts(3);
+  job.set_max_attempts(9);
+  job.set_idempotency_key("order-1");
+  job.set_concurrency_key("tenant-5");
+  job.set_cancel_requested(true);
+  *job.mutable_updated_at() =
+      util::ToProto(util::Clock::TimePoint(std::chrono::microseconds(1'700'000'000'123'456)));
+  job.add_history()->set_worker_id("w1");
+  return job;
+}
+
+TEST(PackedJobTest, UnpackGivesBackTheWholeJob) {
+  const v1::Job job = FullJob();
+  PackedJob packed;
+  packed.Pack(job);
+  v1::Job back = packed.Unpack();
+  EXPECT_EQ(back.SerializeAsString(), job.SerializeAsString());
+  EXPECT_EQ(packed.wire_size(), job.ByteSizeLong());
+}
+
+TEST(PackedJobTest, HotFieldsNeedNoUnpack) {
+  PackedJob packed;
+  packed.Pack(FullJob());
+  EXPECT_EQ(packed.state(), v1::JOB_STATE_SCHEDULED);
+  EXPECT_EQ(packed.priority(), -7);
+  EXPECT_EQ(packed.attempts(), 3u);
+  EXPECT_TRUE(packed.cancel_requested());
+  EXPECT_TRUE(packed.has_idempotency_key());
+  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+  EXPECT_EQ(packed.updated_at().time_since_epoch(),
+            std::chrono::microseconds(1'700'000'000'123'456));
+
+  v1::Job plain;
+  plain.set_id("0000000000000043");
+  packed.Pack(plain);  // a second Pack replaces every field
+  EXPECT_EQ(packed.priority(), 0);
+  EXPECT_FALSE(packed.cancel_requested());
+  EXPECT_FALSE(packed.has_idempotency_key());
+  EXPECT_EQ(packed.concurrency_key(), "");
+  EXPECT_EQ(packed.Unpack().id(), "0000000000000043");
+}
+
+TEST(PackedJobTest, InMemoryStateWinsOverTheBytes) {
+  PackedJob packed;
+  packed.Pack(FullJob());
+  packed.set_state(v1::JOB_STATE_READY);  // promoted without a write
+  EXPECT_EQ(packed.state(), v1::JOB_STATE_READY);
+  EXPECT_EQ(packed.Unpack().state(), v1::JOB_STATE_READY);
+  EXPECT_EQ(packed.Unpack().payload(), std::string(256, 'p'));
+}
+
+TEST(PackedJobTest, AdoptKeepsTheGivenBytes) {
+  const v1::Job job = FullJob();
+  PackedJob packed;
+  packed.Adopt(job, job.SerializeAsString());
+  EXPECT_EQ(packed.Unpack().SerializeAsString(), job.SerializeAsString());
+  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+}
+
+TEST(PackedJobTest, JobBytesOfRecordFindsTheJobWithoutParsingIt) {
+  store::JobRecord rec;
+  *rec.mutable_job() = FullJob();
+  rec.set_lease_token(77);
+  std::string bytes;
+  ASSERT_TRUE(JobBytesOfRecord(rec.SerializeAsString(), &bytes));
+  EXPECT_EQ(bytes, rec.job().SerializeAsString());
+
+  // The job field may come after the others.
+  store::JobRecord token_only;
+  token_only.set_lease_token(5);
+  std::string reordered = token_only.SerializeAsString() + rec.SerializeAsString();
+  ASSERT_TRUE(JobBytesOfRecord(reordered, &bytes));
+  EXPECT_EQ(bytes, rec.job().SerializeAsString());
+
+  // A record without a job has empty job bytes (an empty job).
+  ASSERT_TRUE(JobBytesOfRecord(token_only.SerializeAsString(), &bytes));
+  EXPECT_EQ(bytes, "");
+}
+
+TEST(PackedJobTest, JobBytesOfRecordRejectsMalformedBytes) {
+  store::JobRecord rec;
+  *rec.mutable_job() = FullJob();
+  std::string whole = rec.SerializeAsString();
+  std::string bytes;
+  EXPECT_FALSE(JobBytesOfRecord(whole.substr(0, whole.size() / 2), &bytes));  // cut short
+  EXPECT_FALSE(JobBytesOfRecord(std::string("\xff\xff\xff\xff\xff", 5), &bytes));
+  EXPECT_FALSE(JobBytesOfRecord(std::string("\x0a\x05\x01", 3), &bytes));  // length past end
+}
+
+}  // namespace
+}  // namespace errand::dispatch
