@@ -61,4 +61,31 @@ bool JobBytesOfRecord(std::string_view record, std::string* job_bytes) {
   }
 }
 
+namespace {
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+}  // namespace
+
+std::string JobRecordBytes(std::string_view job_bytes, uint64_t lease_token) {
+  // Fields in number order, as a serializer writes them; a zero lease_token
+  // is left out (proto3 default).
+  std::string out;
+  out.reserve(job_bytes.size() + 16);
+  out.push_back(static_cast<char>((1 << 3) | 2));  // field 1, length-delimited
+  AppendVarint(&out, job_bytes.size());
+  out.append(job_bytes.data(), job_bytes.size());
+  if (lease_token != 0) {
+    out.push_back(static_cast<char>(2 << 3));  // field 2, varint
+    AppendVarint(&out, lease_token);
+  }
+  return out;
+}
+
 }  // namespace errand::dispatch

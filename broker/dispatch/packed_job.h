@@ -65,4 +65,9 @@ class PackedJob {
 // parsing the job; false when `record` is malformed.
 bool JobBytesOfRecord(std::string_view record, std::string* job_bytes);
 
+// The serialized store::JobRecord of the serialized job `job_bytes` and
+// `lease_token`: the bytes JobRecord::SerializeAsString gives, without
+// copying the job into a JobRecord first.
+std::string JobRecordBytes(std::string_view job_bytes, uint64_t lease_token);
+
 }  // namespace errand::dispatch

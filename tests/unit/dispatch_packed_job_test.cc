@@ -108,5 +108,23 @@ TEST(PackedJobTest, JobBytesOfRecordRejectsMalformedBytes) {
   EXPECT_FALSE(JobBytesOfRecord(std::string("\x0a\x05\x01", 3), &bytes));  // length past end
 }
 
+TEST(PackedJobTest, JobRecordBytesEqualsTheRecordsOwnSerialization) {
+  for (uint64_t token : {uint64_t{0}, uint64_t{1}, uint64_t{300}, (uint64_t{7} << 32) | 12345,
+                         ~uint64_t{0}}) {
+    store::JobRecord rec;
+    *rec.mutable_job() = FullJob();
+    rec.set_lease_token(token);
+    EXPECT_EQ(JobRecordBytes(rec.job().SerializeAsString(), token), rec.SerializeAsString())
+        << token;
+  }
+  // A job of more than 127 bytes needs a two-byte length; an empty one none.
+  store::JobRecord empty;
+  empty.mutable_job();
+  EXPECT_EQ(JobRecordBytes("", 0), empty.SerializeAsString());
+  std::string back;
+  ASSERT_TRUE(JobBytesOfRecord(JobRecordBytes("\x0a\x01x", 9), &back));
+  EXPECT_EQ(back, "\x0a\x01x");
+}
+
 }  // namespace
 }  // namespace errand::dispatch
