@@ -396,12 +396,18 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
 
   commit::Mutation m;
   m.sync = sync;
-  auto jobs = std::make_shared<std::vector<v1::Job>>();
+  // The new jobs live on one arena until they are packed at commit: freed
+  // at once rather than a dozen small frees each, which fragment the heap.
+  struct NewJobs {
+    google::protobuf::Arena arena;
+    std::vector<v1::Job*> jobs;
+  };
+  auto jobs = std::make_shared<NewJobs>();
   auto keys = std::make_shared<std::vector<std::string>>();  // pending keys we own
   for (size_t i = 0; i < n; ++i) {
     if (duplicate[i]) continue;
     v1::EnqueueRequest& req = requests[i];
-    v1::Job job;
+    v1::Job& job = *google::protobuf::Arena::CreateMessage<v1::Job>(&jobs->arena);
     uint64_t id = NextJobId();
     answer_ids[i] = id;
     if (!req.idempotency_key().empty()) {
@@ -437,7 +443,7 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
     commit::Mutation one = JobMutation(job, 0, v1::EVENT_TYPE_ENQUEUED, sync);
     for (auto& op : one.ops) m.ops.push_back(std::move(op));
     for (auto& ev : one.events) m.events.push_back(std::move(ev));
-    jobs->push_back(std::move(job));
+    jobs->jobs.push_back(&job);
   }
   // In-batch duplicates point at the id their key got above.
   for (size_t i = 0; i < n; ++i) {
@@ -469,7 +475,8 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
     out.synced = r.synced;
     out.commit_seq = r.commit_seq;
     std::vector<QueueState*> touched;
-    for (v1::Job& job : *jobs) {
+    for (v1::Job* job_on_arena : jobs->jobs) {
+      const v1::Job& job = *job_on_arena;
       auto entry = std::make_unique<JobEntry>();
       entry->id = store::ParseJobId(job.id()).value();
       entry->queue = &Queue(job.queue());
