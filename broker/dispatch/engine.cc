@@ -83,8 +83,7 @@ absl::Status Engine::Recover(store::JobStore& store) {
     }
     auto entry = std::make_unique<JobEntry>();
     entry->id = id;
-    entry->job.Adopt(job, std::move(job_bytes));
-    job_bytes = std::string();
+    entry->job.Adopt(job, job_bytes);
     if (last_queue == nullptr || last_queue->name != job.queue()) {
       last_queue = &Queue(job.queue());
     }
@@ -149,9 +148,7 @@ void Engine::Shutdown() {
     JobWaiter w = std::move(it->second);
     job_waiters_.erase(it);
     w.timer->cancel();
-    if (JobEntry* e = Find(w.job_id)) {
-      e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), wid), e->waiters.end());
-    }
+    if (JobEntry* e = Find(w.job_id)) e->Unwait(wid);
     w.done(absl::UnavailableError("broker is shutting down"), false);
   }
   std::vector<uint64_t> ids;
@@ -170,7 +167,7 @@ void Engine::Shutdown() {
 
 void Engine::WithJob(JobEntry& e, std::function<void()> fn) {
   if (e.busy) {
-    e.deferred.push_back(std::move(fn));
+    e.Wait().deferred.push_back(std::move(fn));
   } else {
     fn();
   }
@@ -179,11 +176,12 @@ void Engine::WithJob(JobEntry& e, std::function<void()> fn) {
 void Engine::ReleaseJob(JobEntry& e) {
   // REQUIRES: e.busy was cleared by the write's completion. An operation
   // that started a new write (busy again) holds back the rest.
-  while (!e.busy && !e.deferred.empty()) {
-    auto fn = std::move(e.deferred.front());
-    e.deferred.erase(e.deferred.begin());
+  while (!e.busy && e.waiting && !e.waiting->deferred.empty()) {
+    auto fn = std::move(e.waiting->deferred.front());
+    e.waiting->deferred.erase(e.waiting->deferred.begin());
     fn();
   }
+  if (e.waiting && e.waiting->deferred.empty() && e.waiting->waiters.empty()) e.waiting.reset();
 }
 
 void Engine::SetState(JobEntry& e, v1::JobState state) {
@@ -231,7 +229,7 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
   w.job_id = id;
   w.done = std::move(done);
   w.timer = std::make_unique<asio::steady_timer>(core_, timeout);
-  e->waiters.push_back(wid);
+  e->Wait().waiters.push_back(wid);
   w.timer->async_wait([this, wid](const std::error_code& ec) {
     if (ec) return;
     auto it = job_waiters_.find(wid);
@@ -239,7 +237,7 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
     JobWaiter w = std::move(it->second);
     job_waiters_.erase(it);
     if (JobEntry* e = Find(w.job_id)) {
-      e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), wid), e->waiters.end());
+      e->Unwait(wid);
       w.done(GetJob(w.job_id), IsTerminal(e->job.state()));
     } else {
       w.done(absl::NotFoundError("job " + store::FormatJobId(w.job_id) + " was deleted"), false);
@@ -251,10 +249,7 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
 bool Engine::CancelWaitJob(uint64_t waiter_id) {
   auto it = job_waiters_.find(waiter_id);
   if (it == job_waiters_.end()) return false;
-  if (JobEntry* e = Find(it->second.job_id)) {
-    e->waiters.erase(std::remove(e->waiters.begin(), e->waiters.end(), waiter_id),
-                     e->waiters.end());
-  }
+  if (JobEntry* e = Find(it->second.job_id)) e->Unwait(waiter_id);
   it->second.timer->cancel();
   job_waiters_.erase(it);
   return true;
@@ -262,7 +257,7 @@ bool Engine::CancelWaitJob(uint64_t waiter_id) {
 
 void Engine::FireJobWaiters(JobEntry& e) {
   std::vector<uint64_t> ids;
-  ids.swap(e.waiters);
+  if (e.waiting) ids.swap(e.waiting->waiters);
   for (uint64_t wid : ids) {
     auto it = job_waiters_.find(wid);
     if (it == job_waiters_.end()) continue;
@@ -1023,7 +1018,7 @@ void Engine::OnTimer() {
     if (e == nullptr) continue;
     if (e->busy) {
       // A write on the job is in flight; decide once it landed.
-      e->deferred.push_back([this, id] {
+      e->Wait().deferred.push_back([this, id] {
         JobEntry* e = Find(id);
         if (e == nullptr || e->job.state() != v1::JOB_STATE_SCHEDULED) return;
         Place(*e);
@@ -1355,7 +1350,8 @@ void Engine::EraseJob(uint64_t id) {
     if (k != idem_.end() && k->second.job_id == id) idem_.erase(k);
   }
   deleted_total_++;
-  for (uint64_t wid : e.waiters) {
+  if (!e.waiting) return;
+  for (uint64_t wid : e.waiting->waiters) {
     auto w = job_waiters_.find(wid);
     if (w == job_waiters_.end()) continue;
     JobWaiter waiter = std::move(w->second);
@@ -1364,7 +1360,7 @@ void Engine::EraseJob(uint64_t id) {
     waiter.done(absl::NotFoundError("job " + store::FormatJobId(e.id) + " was deleted"), false);
   }
   // Operations that waited for the job's write now find no job.
-  for (auto& fn : e.deferred) fn();
+  for (auto& fn : e.waiting->deferred) fn();
 }
 
 void Engine::NoteDeleted(uint64_t n) {

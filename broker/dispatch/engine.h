@@ -7,6 +7,7 @@
 
 #include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -280,13 +281,27 @@ class Engine {
     util::Clock::TimePoint ready_since{};
     QueueState* queue = nullptr;
     bool busy = false;
-    // Work waiting for the write in flight (a vector: usually empty, and an
-    // empty std::deque costs ~600 bytes, per job).
-    std::vector<std::function<void()>> deferred;
-    std::vector<uint64_t> waiters;  // WaitJob calls
     // While finished: when retention deletes it (in expiries_).
-    util::Clock::TimePoint expire_at{};
     bool expiring = false;
+    util::Clock::TimePoint expire_at{};
+    // Work waiting for the write in flight, and WaitJob calls: most jobs
+    // never have either, so they live apart, made on first use (two empty
+    // vectors in every entry cost 48 bytes per job).
+    struct Waiting {
+      std::vector<std::function<void()>> deferred;
+      std::vector<uint64_t> waiters;  // WaitJob calls
+    };
+    std::unique_ptr<Waiting> waiting;
+    Waiting& Wait() {
+      if (!waiting) waiting = std::make_unique<Waiting>();
+      return *waiting;
+    }
+    // Drops `waiter` from the WaitJob calls, if there.
+    void Unwait(uint64_t waiter) {
+      if (!waiting) return;
+      auto& w = waiting->waiters;
+      w.erase(std::remove(w.begin(), w.end(), waiter), w.end());
+    }
   };
 
   struct JobWaiter {

@@ -4,6 +4,7 @@
 #include <google/protobuf/wire_format_lite.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 
 #include "util/time.h"
@@ -20,22 +21,30 @@ void PackedJob::Note(const v1::Job& job) {
   has_idempotency_key_ = !job.idempotency_key().empty();
 }
 
-void PackedJob::Pack(const v1::Job& job) {
-  Note(job);
-  wire_.clear();
-  job.SerializeToString(&wire_);
-  wire_.shrink_to_fit();
+void PackedJob::Keep(std::string_view wire) {
+  wire_size_ = static_cast<uint32_t>(wire.size());
+  wire_.reset(new char[wire.size()]);
+  std::memcpy(wire_.get(), wire.data(), wire.size());
 }
 
-void PackedJob::Adopt(const v1::Job& job, std::string wire) {
+void PackedJob::Pack(const v1::Job& job) {
   Note(job);
-  wire_ = std::move(wire);
-  wire_.shrink_to_fit();
+  const size_t n = job.ByteSizeLong();
+  wire_size_ = static_cast<uint32_t>(n);
+  wire_.reset(new char[n]);
+  auto* begin = reinterpret_cast<uint8_t*>(wire_.get());
+  if (job.SerializeWithCachedSizesToArray(begin) != begin + n) std::abort();
+}
+
+void PackedJob::Adopt(const v1::Job& job, std::string_view wire) {
+  Note(job);
+  Keep(wire);
 }
 
 v1::Job PackedJob::Unpack() const {
   v1::Job job;
-  if (!job.ParseFromString(wire_)) std::abort();  // our own bytes: a broken invariant
+  // Our own bytes: failing to parse them is a broken invariant.
+  if (!job.ParseFromArray(wire_.get(), static_cast<int>(wire_size_))) std::abort();
   job.set_state(state());
   return job;
 }

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
@@ -28,9 +29,9 @@ class PackedJob {
 
   // Keeps `job` (serialized) and its hot fields.
   void Pack(const v1::Job& job);
-  // As Pack, adopting `wire`: REQUIRES it to be the serialized form of `job`
-  // (e.g. the bytes `job` was parsed from).
-  void Adopt(const v1::Job& job, std::string wire);
+  // As Pack, keeping a copy of `wire`: REQUIRES it to be the serialized form
+  // of `job` (e.g. the bytes `job` was parsed from).
+  void Adopt(const v1::Job& job, std::string_view wire);
 
   // The job as packed, with state() as its state. Aborts on bytes that do
   // not parse (they were serialized here, or parsed once already).
@@ -46,16 +47,19 @@ class PackedJob {
   const std::string& concurrency_key() const { return concurrency_key_; }
   util::Clock::TimePoint updated_at() const { return updated_at_; }
   // Bytes held (the wire form), for tests and accounting.
-  size_t wire_size() const { return wire_.size(); }
+  size_t wire_size() const { return wire_size_; }
 
  private:
   void Note(const v1::Job& job);
+  void Keep(std::string_view wire);
 
-  std::string wire_;
+  // A bare array, not a std::string: 12 bytes in the entry, not 32.
+  std::unique_ptr<char[]> wire_;
   std::string concurrency_key_;
   util::Clock::TimePoint updated_at_{};
   int32_t priority_ = 0;
   uint32_t attempts_ = 0;
+  uint32_t wire_size_ = 0;
   uint8_t state_ = 0;
   bool cancel_requested_ = false;
   bool has_idempotency_key_ = false;

@@ -39,6 +39,15 @@ TEST(PackedJobTest, UnpackGivesBackTheWholeJob) {
   EXPECT_EQ(packed.wire_size(), job.ByteSizeLong());
 }
 
+TEST(PackedJobTest, StaysSmall) {
+  // One per job in memory: the bytes live apart, in one allocation of the
+  // job's wire size.
+  EXPECT_LE(sizeof(PackedJob), 64u);
+  PackedJob packed;
+  packed.Pack(FullJob());
+  EXPECT_LT(packed.wire_size(), 400u);
+}
+
 TEST(PackedJobTest, HotFieldsNeedNoUnpack) {
   PackedJob packed;
   packed.Pack(FullJob());
