@@ -532,6 +532,100 @@ TEST_F(EngineTest, ExtendWithProgressCommitsTheProgress) {
   EXPECT_TRUE(Complete(id, lease.lease_token()).ok());
 }
 
+// The engine keeps each job packed (its wire bytes and a few hot fields):
+// every field must come back whole in every answer, through transitions and
+// a restart.
+TEST_F(EngineTest, WholeJobComesBackThroughTransitionsAndRestart) {
+  v1::EnqueueRequest req = Req("q", 3, std::string(300, 'x'));
+  (*req.mutable_headers())["trace"] = "t-1";
+  req.set_idempotency_key("order-9");
+  req.set_concurrency_key("tenant-2");
+  req.set_max_attempts(4);
+  const uint64_t id = Enqueue(req);
+  ASSERT_NE(id, 0u);
+  v1::Job job = Job(id);
+  EXPECT_EQ(job.payload(), std::string(300, 'x'));
+  EXPECT_EQ(job.headers().at("trace"), "t-1");
+  EXPECT_EQ(job.priority(), 3);
+  EXPECT_EQ(job.idempotency_key(), "order-9");
+  EXPECT_EQ(job.concurrency_key(), "tenant-2");
+
+  v1::Lease lease = LeaseOne("q");
+  EXPECT_EQ(lease.job().payload(), std::string(300, 'x'));
+  EXPECT_EQ(lease.job().headers().at("trace"), "t-1");
+  FailSpec fail;
+  fail.error = "boom";
+  auto failed = Fail(id, lease.lease_token(), fail);
+  ASSERT_TRUE(failed.ok()) << failed.status();
+  EXPECT_EQ(failed->payload(), std::string(300, 'x'));
+  EXPECT_EQ(failed->attempts(), 1u);
+  ASSERT_EQ(failed->history_size(), 1);
+  EXPECT_EQ(failed->history(0).error(), "boom");
+
+  Restart();
+  job = Job(id);
+  EXPECT_EQ(job.SerializeAsString(), Stored(id).job().SerializeAsString());
+  EXPECT_EQ(job.payload(), std::string(300, 'x'));
+  EXPECT_EQ(job.headers().at("trace"), "t-1");
+  EXPECT_EQ(job.attempts(), 1u);
+  EXPECT_EQ(job.history(0).error(), "boom");
+  // The recovered key still deduplicates.
+  auto dup = EnqueueMany({req});
+  ASSERT_TRUE(dup.ok()) << dup.status();
+  EXPECT_TRUE(dup->duplicate[0]);
+  EXPECT_EQ(Id(dup->job_ids[0]), id);
+}
+
+// A SCHEDULED job made READY by its time is not rewritten: answers show the
+// in-memory state over the packed bytes, and the next write carries it.
+TEST_F(EngineTest, DueScheduledJobShowsReadyBeforeAnyWrite) {
+  v1::EnqueueRequest req = Req("q", 0, "later");
+  *req.mutable_delay() = DurationToProto(seconds(5));
+  const uint64_t id = Enqueue(req);
+  EXPECT_EQ(State(id), v1::JOB_STATE_SCHEDULED);
+  AdvanceAndTick(seconds(6));
+  EXPECT_EQ(State(id), v1::JOB_STATE_READY);
+  EXPECT_EQ(Job(id).payload(), "later");
+  EXPECT_EQ(Stored(id).job().state(), v1::JOB_STATE_SCHEDULED);  // not rewritten
+  v1::Lease lease = LeaseOne("q");
+  EXPECT_EQ(lease.job().payload(), "later");
+  EXPECT_EQ(Stored(id).job().state(), v1::JOB_STATE_LEASED);
+}
+
+// An Extend without progress moves the deadline in memory only; the next
+// write of the job (here a cancel request) stores the deadline in force.
+TEST_F(EngineTest, WriteAfterAnExtendStoresTheExtendedDeadline) {
+  const uint64_t id = Enqueue(Req("q"));
+  v1::Lease lease = LeaseOne("q");
+  auto ext = Extend(id, lease.lease_token(), seconds(600));
+  ASSERT_TRUE(ext.ok()) << ext.status();
+  EXPECT_EQ(FromProto(Job(id).lease_deadline()), ext->deadline);
+  EXPECT_NE(FromProto(Stored(id).job().lease_deadline()), ext->deadline);
+  std::optional<absl::StatusOr<v1::Job>> out;
+  engine_->Cancel(id, "stop", [&](absl::StatusOr<v1::Job> r) { out = std::move(r); });
+  auto cancelled = Await(out, "Cancel");
+  ASSERT_TRUE(cancelled.ok()) << cancelled.status();
+  EXPECT_TRUE(cancelled->cancel_requested());
+  EXPECT_EQ(FromProto(cancelled->lease_deadline()), ext->deadline);
+  EXPECT_EQ(FromProto(Stored(id).job().lease_deadline()), ext->deadline);
+}
+
+// Deleting a job frees its idempotency key.
+TEST_F(EngineTest, PurgedJobFreesItsIdempotencyKey) {
+  v1::EnqueueRequest req = Req("q");
+  req.set_idempotency_key("k-1");
+  const uint64_t first = Enqueue(req);
+  std::optional<absl::StatusOr<uint64_t>> purged;
+  engine_->Purge("q", [&](absl::StatusOr<uint64_t> r) { purged = std::move(r); });
+  auto n = Await(purged, "Purge");
+  ASSERT_TRUE(n.ok()) << n.status();
+  EXPECT_EQ(*n, 1u);
+  auto again = EnqueueMany({req});
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_FALSE(again->duplicate[0]);
+  EXPECT_NE(Id(again->job_ids[0]), first);
+}
+
 TEST_F(EngineTest, WaitingLeaseIsAnsweredWhenAJobIsEnqueued) {
   std::optional<absl::StatusOr<std::vector<v1::Lease>>> answer;
   const uint64_t wid = engine_->Lease(
