@@ -535,7 +535,6 @@ void Engine::Place(JobEntry& e) {
 
 void Engine::MakeReady(JobEntry& e) {
   if (e.job.state() != v1::JOB_STATE_READY) SetState(e, v1::JOB_STATE_READY);
-  e.ready_since = std::max(e.run_at, e.job.updated_at());
   e.ready_seq = ++ready_counter_;
   ReadyPush(e);
 }
@@ -1599,7 +1598,7 @@ v1::QueueStats Engine::QueueStats(const std::string& name) const {
   st.set_cancelled(q.counts[v1::JOB_STATE_CANCELLED]);
   if (auto oldest = q.ready.Oldest()) {
     if (JobEntry* e = Find(oldest->job_id)) {
-      auto age = clock_.Now() - e->ready_since;
+      auto age = clock_.Now() - e->ReadySince();
       if (age.count() < 0) age = age.zero();
       *st.mutable_oldest_ready_age() =
           DurationToProto(std::chrono::duration_cast<microseconds>(age));

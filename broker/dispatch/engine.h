@@ -277,8 +277,7 @@ class Engine {
     uint64_t lease_token = 0;
     util::Clock::TimePoint lease_deadline{};
     util::Clock::TimePoint run_at{};
-    uint64_t ready_seq = 0;
-    util::Clock::TimePoint ready_since{};
+    uint64_t ready_seq = 0;  // while READY; it became ready at ReadySince()
     QueueState* queue = nullptr;
     bool busy = false;
     // While finished: when retention deletes it (in expiries_).
@@ -296,6 +295,9 @@ class Engine {
       if (!waiting) waiting = std::make_unique<Waiting>();
       return *waiting;
     }
+    // While READY: when it became ready (its run_at, or its last write when
+    // that came later; neither changes while it stays READY).
+    util::Clock::TimePoint ReadySince() const { return std::max(run_at, job.updated_at()); }
     // Drops `waiter` from the WaitJob calls, if there.
     void Unwait(uint64_t waiter) {
       if (!waiting) return;

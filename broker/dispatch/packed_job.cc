@@ -11,8 +11,19 @@
 
 namespace errand::dispatch {
 
+const std::string& PackedJob::concurrency_key() const {
+  static const std::string* const kNone = new std::string();
+  return concurrency_key_ ? *concurrency_key_ : *kNone;
+}
+
 void PackedJob::Note(const v1::Job& job) {
-  concurrency_key_ = job.concurrency_key();
+  if (job.concurrency_key().empty()) {
+    concurrency_key_.reset();
+  } else if (concurrency_key_) {
+    *concurrency_key_ = job.concurrency_key();
+  } else {
+    concurrency_key_ = std::make_unique<std::string>(job.concurrency_key());
+  }
   updated_at_ = util::FromProto(job.updated_at());
   priority_ = job.priority();
   attempts_ = job.attempts();

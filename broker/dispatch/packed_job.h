@@ -44,7 +44,7 @@ class PackedJob {
   uint32_t attempts() const { return attempts_; }
   bool cancel_requested() const { return cancel_requested_; }
   bool has_idempotency_key() const { return has_idempotency_key_; }
-  const std::string& concurrency_key() const { return concurrency_key_; }
+  const std::string& concurrency_key() const;
   util::Clock::TimePoint updated_at() const { return updated_at_; }
   // Bytes held (the wire form), for tests and accounting.
   size_t wire_size() const { return wire_size_; }
@@ -53,9 +53,10 @@ class PackedJob {
   void Note(const v1::Job& job);
   void Keep(std::string_view wire);
 
-  // A bare array, not a std::string: 12 bytes in the entry, not 32.
+  // A bare array, not a std::string: 12 bytes with its size, not 32.
   std::unique_ptr<char[]> wire_;
-  std::string concurrency_key_;
+  // Null when empty (most jobs have none): 8 bytes, not a 32-byte string.
+  std::unique_ptr<std::string> concurrency_key_;
   util::Clock::TimePoint updated_at_{};
   int32_t priority_ = 0;
   uint32_t attempts_ = 0;

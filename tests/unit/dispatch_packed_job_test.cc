@@ -42,7 +42,7 @@ TEST(PackedJobTest, UnpackGivesBackTheWholeJob) {
 TEST(PackedJobTest, StaysSmall) {
   // One per job in memory: the bytes live apart, in one allocation of the
   // job's wire size.
-  EXPECT_LE(sizeof(PackedJob), 64u);
+  EXPECT_LE(sizeof(PackedJob), 40u);
   PackedJob packed;
   packed.Pack(FullJob());
   EXPECT_LT(packed.wire_size(), 400u);
