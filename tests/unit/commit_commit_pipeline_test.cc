@@ -171,7 +171,11 @@ TEST_P(CommitPipelineTest, ConcurrentSyncWritersShareFsyncs) {
   EXPECT_LT(st.fsyncs, st.writes) << "groups=" << st.groups;
   RecordProperty("writes", static_cast<int>(st.writes));
   RecordProperty("fsyncs", static_cast<int>(st.fsyncs));
-  EXPECT_LT(st.groups, st.writes);
+  // With its own writer thread the writes pile up behind each other into
+  // groups. Written by the posting thread (here: each submitter, since post
+  // runs closures in place) a write forms a group of one unless another is
+  // being written at that moment: only the fsyncs are shared for sure.
+  if (!GetParam()) EXPECT_LT(st.groups, st.writes);
   // Every write is in the store.
   for (int t = 0; t < kThreads; ++t) {
     EXPECT_EQ(StoredValue(static_cast<uint64_t>(t) * 1000 + 1), "x");
