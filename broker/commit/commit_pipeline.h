@@ -63,7 +63,8 @@ struct CommitResult {
   uint32_t event_count = 0;
 };
 
-// The group-commit pipeline. Two threads (or one, see write_on_post_thread):
+// The group-commit pipeline. Two threads (or one and the posting thread, see
+// Options::write_on_post_thread):
 //  - the writer takes every mutation queued while it was busy, gives their
 //    events sequence numbers and writes them as one RocksDB WriteBatch to the
 //    WAL, without fsync. Results of mutations that did not ask for sync are
@@ -74,8 +75,8 @@ struct CommitResult {
 // Concurrent sync writers share fsyncs (under load the number of fsyncs per
 // write falls well below one), and an async write (a lease, say) is
 // acknowledged as soon as it is written, not after the fsync of its group.
-// (The store serializes writes and fsyncs, see JobStore, so a write may still
-// wait for an fsync in progress.)
+// A write may run while the previous group's fsync is in progress (see
+// JobStore): groups do not wait for each other's fsyncs.
 //
 // Events: every committed event goes to the event sink (through `post`),
 // never to the result. In kAlways mode an event is handed on only once it is
@@ -122,14 +123,14 @@ class CommitPipeline {
     // Write on the thread that runs `post`'s closures instead of on a
     // writer thread. The first Submit after a write posts a flush; the flush
     // takes every mutation queued by then, writes them as one group and runs
-    // the results of the async ones at once, in the same closure: an async
-    // write then costs no hand-off between threads at all (the broker's
-    // core is that thread, and in --commit=async every write is async).
-    // The syncer thread still fsyncs (sync mutations, and the interval sync
-    // of kInterval mode) and trims the event log. The price: a write waits
-    // for an fsync in progress (see JobStore), so with sync mutations the
-    // posting thread would stall behind every fsync; the broker sets this
-    // only in kInterval mode. Default: false.
+    // the results of the unsynced ones at once, in the same closure: such a
+    // write costs no hand-off between threads at all (the broker's core is
+    // that thread: a lease in sync mode, every write in async mode). The
+    // syncer thread still fsyncs (sync mutations, and the interval sync of
+    // kInterval mode) and trims the event log. A write never waits for an
+    // fsync in progress (see JobStore), so the posting thread is held only
+    // for the write itself. The broker sets it; false keeps a writer thread
+    // (for a `post` that must not do I/O). Default: false.
     bool write_on_post_thread = false;
   };
 

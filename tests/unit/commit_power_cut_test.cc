@@ -96,7 +96,7 @@ class PowerCutTest : public ::testing::Test {
     CommitPipeline::Options popts;
     popts.mode = mode;
     popts.sync_interval = milliseconds(5);
-    popts.write_on_post_thread = mode == SyncMode::kInterval;  // as the broker does
+    popts.write_on_post_thread = true;  // as the broker does
     pipeline_ = std::make_unique<CommitPipeline>(
         store_.get(), popts, [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); },
         store_->LastEventSeq().value(), store_->FirstEventSeq().value());
