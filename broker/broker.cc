@@ -97,6 +97,9 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   popts.sync_interval = config.sync_interval;
   popts.max_events = config.event_retention_count;
   popts.max_event_age = config.event_retention_age;
+  // Core writes each commit group itself (no hand-off to a writer thread)
+  // and answers unsynced writes at once; the syncer fsyncs.
+  popts.write_on_post_thread = true;
   Broker* raw = b.get();
   b->pipeline_ = std::make_unique<commit::CommitPipeline>(
       b->store_.get(), popts,

@@ -54,36 +54,134 @@ void CommitPipeline::TrimEvents() {
   batch.DeleteRange(store_->events_cf(), store::EncodeBE64(first), store::EncodeBE64(new_first));
   if (store_->Write(&batch, /*sync=*/false).ok()) {
     first_event_seq_.store(new_first);
-    if (!unsynced_) {
-      unsynced_ = true;
-      first_unsynced_ = std::chrono::steady_clock::now();
-    }
+    NoteUnsynced();
+  }
+}
+
+void CommitPipeline::NoteUnsynced() {
+  if (unsynced_since_ns_.load(std::memory_order_relaxed) != 0) return;
+  int64_t expected = 0;
+  if (unsynced_since_ns_.compare_exchange_strong(
+          expected, std::chrono::steady_clock::now().time_since_epoch().count()) &&
+      options_.write_on_post_thread) {
+    // The syncer sleeps until its next housekeeping: make it look at the
+    // new deadline.
+    absl::MutexLock lock(&sync_mu_);
+    unsynced_noted_ = true;
+  }
+}
+
+std::chrono::steady_clock::time_point CommitPipeline::NextHousekeeping() const {
+  auto at = last_trim_ + std::chrono::seconds(1);
+  if (int64_t since = unsynced_since_ns_.load(); since != 0) {
+    at = std::min(at, std::chrono::steady_clock::time_point(
+                          std::chrono::steady_clock::duration(since)) +
+                          options_.sync_interval);
+  }
+  return at;
+}
+
+void CommitPipeline::Housekeep(bool final) {
+  if (std::chrono::steady_clock::now() - last_trim_ >= std::chrono::seconds(1)) TrimEvents();
+  const int64_t since = unsynced_since_ns_.load();
+  if (since == 0) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (!final && now.time_since_epoch().count() - since <
+                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                        options_.sync_interval)
+                        .count()) {
+    return;
+  }
+  // Cleared before the fsync: a write after this point marks the log
+  // unsynced again; one before it is covered by the fsync.
+  unsynced_since_ns_.store(0);
+  if (store_->SyncWAL().ok()) {
+    fsync_seconds_.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - now).count());
+    fsyncs_++;
+  } else {
+    // A stopped store (full disk) fails at once: retry an interval later
+    // instead of spinning.
+    failed_syncs_++;
+    NoteUnsynced();
   }
 }
 
 CommitPipeline::~CommitPipeline() { Stop(); }
 
 void CommitPipeline::Start() {
-  absl::MutexLock lock(&mu_);
-  if (started_) return;
-  started_ = true;
-  syncer_ = std::thread([this] {
-    util::SetThreadName("errand-fsync");
-    RunSyncer();
-  });
-  thread_ = std::thread([this] {
-    util::SetThreadName("errand-commit");
-    Run();
-  });
+  bool post_flush = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (started_) return;
+    started_ = true;
+    syncer_ = std::thread([this] {
+      util::SetThreadName("errand-fsync");
+      RunSyncer();
+    });
+    if (!options_.write_on_post_thread) {
+      thread_ = std::thread([this] {
+        util::SetThreadName("errand-commit");
+        Run();
+      });
+    } else if (!queue_.empty()) {
+      flush_posted_ = post_flush = true;
+    }
+  }
+  if (post_flush) post_([this] { Flush(); });
+}
+
+void CommitPipeline::TakeGroupLocked(std::vector<Item>& group) {
+  if (queue_.size() <= options_.max_group) {
+    group.swap(queue_);
+  } else {
+    group.assign(std::make_move_iterator(queue_.begin()),
+                 std::make_move_iterator(queue_.begin() + options_.max_group));
+    queue_.erase(queue_.begin(), queue_.begin() + options_.max_group);
+  }
+  committing_ = !group.empty();
+}
+
+void CommitPipeline::Flush() {
+  std::vector<Item> group;
+  {
+    absl::MutexLock lock(&mu_);
+    flush_posted_ = false;
+    // Stop writes what is left itself; a flush already running (a `post`
+    // that runs closures in place) looks again when it is done.
+    if (committing_ || stopping_) return;
+    TakeGroupLocked(group);
+  }
+  if (group.empty()) return;
+  CommitGroup(group, /*inline_results=*/true);
+  bool again = false;
+  {
+    absl::MutexLock lock(&mu_);
+    committing_ = false;
+    // More came meanwhile (submitted by the results just run, or from other
+    // threads): write them in a flush of their own, after whatever else
+    // waits on the posting thread.
+    if (!queue_.empty() && !stopping_ && !flush_posted_) again = flush_posted_ = true;
+  }
+  if (again) post_([this] { Flush(); });
 }
 
 void CommitPipeline::Submit(Mutation m, Done done) {
+  bool queued = false;
   {
     absl::MutexLock lock(&mu_);
     if (!stopping_) {
       queue_.push_back(Item{std::move(m), std::move(done)});
-      return;
+      queued = true;
+      // A flush running now (it looks again when done) or already posted
+      // takes this one too.
+      if (!options_.write_on_post_thread || !started_ || flush_posted_ || committing_) return;
+      flush_posted_ = true;
     }
+  }
+  if (queued) {
+    post_([this] { Flush(); });
+    return;
   }
   post_([done = std::move(done)]() mutable {
     CommitResult r;
@@ -99,16 +197,36 @@ void CommitPipeline::Stop() {
     if (!started_) {
       started_ = true;
       syncer_ = std::thread([this] {
-    util::SetThreadName("errand-fsync");
-    RunSyncer();
-  });
-      thread_ = std::thread([this] {
-    util::SetThreadName("errand-commit");
-    Run();
-  });
+        util::SetThreadName("errand-fsync");
+        RunSyncer();
+      });
+      if (!options_.write_on_post_thread) {
+        thread_ = std::thread([this] {
+          util::SetThreadName("errand-commit");
+          Run();
+        });
+      }
     }
   }
   if (thread_.joinable()) thread_.join();
+  if (options_.write_on_post_thread) {
+    // Write what is still queued here, once a flush in progress is done;
+    // the results go through `post`.
+    std::vector<Item> group;
+    for (;;) {
+      {
+        absl::MutexLock lock(&mu_);
+        auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !committing_; };
+        mu_.Await(absl::Condition(&idle));
+        TakeGroupLocked(group);
+      }
+      if (group.empty()) break;
+      CommitGroup(group, /*inline_results=*/false);
+      group.clear();
+      absl::MutexLock lock(&mu_);
+      committing_ = false;
+    }
+  }
   {
     absl::MutexLock lock(&sync_mu_);
     sync_stop_ = true;
@@ -126,9 +244,19 @@ bool CommitPipeline::Idle() const {
 }
 
 void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
-                             const absl::Status& error) {
+                             const absl::Status& error, bool inline_results) {
   if (pending.empty()) return;
+  if (inline_results) {
+    RunResults(pending, synced, error, sink_);
+    return;
+  }
   post_([pending = std::move(pending), synced, error, sink = &sink_]() mutable {
+    RunResults(pending, synced, error, *sink);
+  });
+}
+
+void CommitPipeline::RunResults(std::vector<Pending>& pending, bool synced,
+                                const absl::Status& error, const EventSink& sink) {
     std::vector<v1::Event> events;
     for (Pending& p : pending) {
       if (!error.ok()) {
@@ -149,8 +277,7 @@ void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
         for (v1::Event& e : p.events) events.push_back(std::move(e));
       }
     }
-    if (!events.empty() && *sink) (*sink)(std::move(events));
-  });
+    if (!events.empty() && sink) sink(std::move(events));
 }
 
 void CommitPipeline::RunSyncer() {
@@ -160,19 +287,38 @@ void CommitPipeline::RunSyncer() {
   constexpr auto kHoldFailing = std::chrono::seconds(2);
   std::vector<Pending> batch;
   std::chrono::steady_clock::time_point failing_since{};
+  // With write_on_post_thread the housekeeping (event log trim, kInterval's
+  // background fsync) is done here, between fsyncs of sync writes.
+  const bool housekeeping = options_.write_on_post_thread;
   for (;;) {
     bool stopping = false;
+    bool idle = false;
     {
       absl::MutexLock lock(&sync_mu_);
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
-        return !to_sync_.empty() || sync_stop_;
+        return !to_sync_.empty() || sync_stop_ || unsynced_noted_;
       };
-      if (batch.empty()) sync_mu_.Await(absl::Condition(&has_work));
-      if (batch.empty() && to_sync_.empty()) return;  // stopping, nothing left
-      for (Pending& p : to_sync_) batch.push_back(std::move(p));
-      to_sync_.clear();
-      syncing_ = true;
+      if (batch.empty()) {
+        if (!housekeeping) {
+          sync_mu_.Await(absl::Condition(&has_work));
+        } else if (auto wait = NextHousekeeping() - std::chrono::steady_clock::now();
+                   wait > wait.zero()) {
+          sync_mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::FromChrono(wait));
+        }
+      }
+      unsynced_noted_ = false;
       stopping = sync_stop_;
+      idle = batch.empty() && to_sync_.empty();
+      if (!idle) {
+        for (Pending& p : to_sync_) batch.push_back(std::move(p));
+        to_sync_.clear();
+        syncing_ = true;
+      }
+    }
+    if (idle) {
+      if (housekeeping) Housekeep(/*final=*/stopping);
+      if (stopping) return;  // nothing left
+      continue;
     }
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
@@ -204,6 +350,7 @@ void CommitPipeline::RunSyncer() {
         sync_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Milliseconds(100));
       }
     }
+    if (housekeeping) Housekeep(/*final=*/false);
     absl::MutexLock lock(&sync_mu_);
     syncing_ = !batch.empty();
   }
@@ -223,49 +370,26 @@ void CommitPipeline::Run() {
       auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
         return !queue_.empty() || stopping_;
       };
-      auto deadline = last_trim_ + std::chrono::seconds(1);
-      if (unsynced_) deadline = std::min(deadline, first_unsynced_ + options_.sync_interval);
-      auto now = std::chrono::steady_clock::now();
+      const auto deadline = NextHousekeeping();
+      const auto now = std::chrono::steady_clock::now();
       if (deadline > now) {
         mu_.AwaitWithTimeout(absl::Condition(&has_work), absl::FromChrono(deadline - now));
       }
-      if (queue_.size() <= options_.max_group) {
-        group.swap(queue_);
-      } else {
-        group.assign(std::make_move_iterator(queue_.begin()),
-                     std::make_move_iterator(queue_.begin() + options_.max_group));
-        queue_.erase(queue_.begin(), queue_.begin() + options_.max_group);
-      }
+      TakeGroupLocked(group);
       stop = stopping_ && queue_.empty();
-      committing_ = !group.empty();
     }
     if (!group.empty()) {
-      CommitGroup(group);  // posts the results or hands them to the syncer
+      CommitGroup(group, /*inline_results=*/false);  // posts the results or hands them on
       group.clear();
       absl::MutexLock lock(&mu_);
       committing_ = false;
     }
-    if (std::chrono::steady_clock::now() - last_trim_ >= std::chrono::seconds(1)) TrimEvents();
-    if (unsynced_ &&
-        (stop || std::chrono::steady_clock::now() - first_unsynced_ >= options_.sync_interval)) {
-      const auto sync_start = std::chrono::steady_clock::now();
-      if (store_->SyncWAL().ok()) {
-        fsync_seconds_.Observe(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - sync_start).count());
-        fsyncs_++;
-        unsynced_ = false;
-      } else {
-        // A stopped store (full disk) fails at once: retry an interval
-        // later instead of spinning.
-        failed_syncs_++;
-        first_unsynced_ = std::chrono::steady_clock::now();
-      }
-    }
+    Housekeep(stop);
     if (stop) return;
   }
 }
 
-void CommitPipeline::CommitGroup(std::vector<Item>& group) {
+void CommitPipeline::CommitGroup(std::vector<Item>& group, bool inline_results) {
   rocksdb::WriteBatch batch;
   const uint64_t first_seq = event_seq_;
   uint64_t seq = first_seq;
@@ -297,7 +421,7 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
     std::vector<Pending> failed;
     failed.reserve(group.size());
     for (Item& item : group) failed.push_back(Pending{std::move(item.done), {}, {}});
-    Deliver(std::move(failed), false, status);
+    Deliver(std::move(failed), false, status, inline_results);
     return;
   }
   if (first_event_seq_.load() == 0 && seq > first_seq) first_event_seq_.store(first_seq + 1);
@@ -326,16 +450,13 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group) {
     } else {
       now.push_back(std::move(p));
     }
-    if (!item.mutation.sync && !unsynced_) {
-      unsynced_ = true;
-      first_unsynced_ = std::chrono::steady_clock::now();
-    }
+    if (!item.mutation.sync) NoteUnsynced();
   }
   if (!later.empty()) {
     absl::MutexLock lock(&sync_mu_);
     for (Pending& p : later) to_sync_.push_back(std::move(p));
   }
-  Deliver(std::move(now), /*synced=*/false, absl::OkStatus());
+  Deliver(std::move(now), /*synced=*/false, absl::OkStatus(), inline_results);
 }
 
 }  // namespace errand::commit

@@ -63,7 +63,8 @@ struct CommitResult {
   uint32_t event_count = 0;
 };
 
-// The group-commit pipeline. Two threads:
+// The group-commit pipeline. Two threads (or one and the posting thread, see
+// Options::write_on_post_thread):
 //  - the writer takes every mutation queued while it was busy, gives their
 //    events sequence numbers and writes them as one RocksDB WriteBatch to the
 //    WAL, without fsync. Results of mutations that did not ask for sync are
@@ -74,8 +75,8 @@ struct CommitResult {
 // Concurrent sync writers share fsyncs (under load the number of fsyncs per
 // write falls well below one), and an async write (a lease, say) is
 // acknowledged as soon as it is written, not after the fsync of its group.
-// (The store serializes writes and fsyncs, see JobStore, so a write may still
-// wait for an fsync in progress.)
+// A write may run while the previous group's fsync is in progress (see
+// JobStore): groups do not wait for each other's fsyncs.
 //
 // Events: every committed event goes to the event sink (through `post`),
 // never to the result. In kAlways mode an event is handed on only once it is
@@ -119,6 +120,18 @@ class CommitPipeline {
     // ...and to events younger than this (the newest event is always kept,
     // so that sequence numbers continue after a restart). Default: 24h.
     std::chrono::microseconds max_event_age{std::chrono::hours(24)};
+    // Write on the thread that runs `post`'s closures instead of on a
+    // writer thread. The first Submit after a write posts a flush; the flush
+    // takes every mutation queued by then, writes them as one group and runs
+    // the results of the unsynced ones at once, in the same closure: such a
+    // write costs no hand-off between threads at all (the broker's core is
+    // that thread: a lease in sync mode, every write in async mode). The
+    // syncer thread still fsyncs (sync mutations, and the interval sync of
+    // kInterval mode) and trims the event log. A write never waits for an
+    // fsync in progress (see JobStore), so the posting thread is held only
+    // for the write itself. The broker sets it; false keeps a writer thread
+    // (for a `post` that must not do I/O). Default: false.
+    bool write_on_post_thread = false;
   };
 
   struct Stats {
@@ -191,13 +204,28 @@ class CommitPipeline {
     std::vector<v1::Event> events;
   };
 
-  // Posts `pending`'s results (with `synced`, or with `error`) and then
-  // hands their events to the sink.
-  void Deliver(std::vector<Pending> pending, bool synced, const absl::Status& error);
+  // Runs `pending`'s results (with `synced`, or with `error`) and then
+  // hands their events to the sink: through `post`, or right here when
+  // `inline_results` (the caller runs on the posting thread).
+  void Deliver(std::vector<Pending> pending, bool synced, const absl::Status& error,
+               bool inline_results = false);
+  static void RunResults(std::vector<Pending>& pending, bool synced, const absl::Status& error,
+                         const EventSink& sink);
 
   void Run();
   void RunSyncer();
-  void CommitGroup(std::vector<Item>& group);
+  void CommitGroup(std::vector<Item>& group, bool inline_results);
+  // write_on_post_thread: the posted flush (runs on the posting thread).
+  void Flush();
+  // Takes up to max_group queued mutations into `group`.
+  void TakeGroupLocked(std::vector<Item>& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The event log trim (about once a second) and kInterval's background
+  // fsync, when due (all of it when `final`). Thread: the writer, or the
+  // syncer with write_on_post_thread.
+  void Housekeep(bool final);
+  // When the housekeeping thread should next wake.
+  std::chrono::steady_clock::time_point NextHousekeeping() const;
+  void NoteUnsynced();
 
   store::JobStore* const store_;
   const Options options_;
@@ -209,19 +237,22 @@ class CommitPipeline {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool committing_ ABSL_GUARDED_BY(mu_) = false;
+  bool flush_posted_ ABSL_GUARDED_BY(mu_) = false;  // write_on_post_thread
 
   // Written mutations waiting for an fsync, and whether the syncer is busy.
   mutable absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::vector<Pending> to_sync_ ABSL_GUARDED_BY(sync_mu_);
   bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
   bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
+  // write_on_post_thread: a write left the WAL unsynced (wakes the syncer).
+  bool unsynced_noted_ ABSL_GUARDED_BY(sync_mu_) = false;
   std::thread syncer_;
 
-  // Commit thread only.
-  bool unsynced_ = false;
-  std::chrono::steady_clock::time_point first_unsynced_;
+  // When the oldest write not yet fsynced was written (steady clock, in
+  // nanoseconds since its epoch); 0 when every write is fsynced.
+  std::atomic<int64_t> unsynced_since_ns_{0};
 
-  uint64_t event_seq_ = 0;  // commit thread only
+  uint64_t event_seq_ = 0;  // whoever writes (one at a time: committing_)
   std::atomic<uint64_t> committed_event_seq_{0};
   std::atomic<uint64_t> first_event_seq_{0};
   std::chrono::steady_clock::time_point last_trim_{};

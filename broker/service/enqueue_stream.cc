@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/stream_writer.h"
 #include "service/validate.h"
 
 namespace errand::service {
@@ -16,20 +17,31 @@ constexpr size_t kMaxUnanswered = 10000;
 class EnqueueStreamReactor final
     : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
  public:
+  using Writer = StreamWriter<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
+
   // Core-side state; the reactor is only touched while !finished.
-  struct State {
+  struct State : std::enable_shared_from_this<State> {
+    State(const ServiceContext* ctx, EnqueueStreamReactor* r)
+        : reactor(r), writer(r, &Writer::PackIntoMore, [ctx, this] {
+            // A write failed: the client is gone.
+            ctx->OnCore([this, self = weak_from_this().lock()] {
+              if (self == nullptr || finished) return;
+              finished = true;
+              writer.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+            });
+          }) {}
     EnqueueStreamReactor* reactor = nullptr;
     bool finished = false;
     bool reading = false;     // a StartRead is outstanding
     bool read_closed = false; // the client half-closed (or the stream broke)
-    bool writing = false;
     size_t unanswered = 0;
-    std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
+    // Answers go out from any thread; what queues up while a write is in
+    // flight is packed into the next message.
+    Writer writer;
   };
 
   EnqueueStreamReactor(const ServiceContext* ctx, auth::PrincipalRef who, CallLimiter::Slot slot)
-      : ctx_(ctx), who_(std::move(who)), slot_(std::move(slot)), st_(std::make_shared<State>()) {
-    st_->reactor = this;
+      : ctx_(ctx), who_(std::move(who)), slot_(std::move(slot)), st_(std::make_shared<State>(ctx, this)) {
     st_->reading = true;
     StartRead(&request_);
   }
@@ -84,7 +96,7 @@ class EnqueueStreamReactor final
       st->reading = false;
       if (st->finished) return;
       st->unanswered += jobs.size();
-      for (auto& a : rejected) st->ready.push_back(std::move(a));
+      for (auto& a : rejected) st->writer.Send(std::move(a));
       for (auto& [rid, job] : jobs) {
         v1::Durability d = job.durability();
         std::vector<v1::EnqueueRequest> one;
@@ -108,7 +120,7 @@ class EnqueueStreamReactor final
                                  a.set_error_code(static_cast<int>(r.status().code()));
                                  a.set_error_message(std::string(r.status().message()));
                                }
-                               st->ready.push_back(std::move(a));
+                               if (!st->finished) st->writer.Send(std::move(a));
                                Pump(ctx, st);
                              });
       }
@@ -116,56 +128,35 @@ class EnqueueStreamReactor final
     });
   }
 
-  void OnWriteDone(bool ok) override {
-    ctx_->OnCore([ctx = ctx_, st = st_, ok] {
-      st->writing = false;
-      if (st->finished) return;
-      if (!ok) {
-        st->finished = true;
-        st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
-        return;
-      }
-      Pump(ctx, st);
-    });
-  }
+  void OnWriteDone(bool ok) override { st_->writer.OnWriteDone(ok); }
 
   void OnCancel() override {
     ctx_->OnCore([st = st_] {
       if (st->finished) return;
       st->finished = true;
-      st->reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
+      st->writer.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream cancelled"));
     });
   }
 
   void OnDone() override { delete this; }
 
  private:
-  // Core: write packed answers, resume reading, finish when done.
+  // Core: resume reading, finish when done (the writer sends what is
+  // queued first).
   static void Pump(const ServiceContext* ctx, const std::shared_ptr<State>& st) {
     if (st->finished) return;
-    if (!st->writing && !st->ready.empty()) {
-      EnqueueStreamReactor* r = st->reactor;
-      r->response_.Clear();
-      r->response_ = std::move(st->ready.front());
-      for (size_t i = 1; i < st->ready.size(); ++i) {
-        *r->response_.add_more() = std::move(st->ready[i]);
-      }
-      st->ready.clear();
-      st->writing = true;
-      r->StartWrite(&r->response_);
-    }
-    if (ctx->stopping && !st->writing && st->unanswered == 0 && st->ready.empty()) {
+    if (ctx->stopping && st->unanswered == 0) {
       st->finished = true;
-      st->reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "broker is shutting down"));
+      st->writer.Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "broker is shutting down"));
       return;
     }
     if (!st->read_closed && !st->reading && st->unanswered < kMaxUnanswered && !ctx->stopping) {
       st->reading = true;
       st->reactor->StartRead(&st->reactor->request_);
     }
-    if (st->read_closed && !st->writing && st->unanswered == 0 && st->ready.empty()) {
+    if (st->read_closed && st->unanswered == 0) {
       st->finished = true;
-      st->reactor->Finish(grpc::Status::OK);
+      st->writer.Finish(grpc::Status::OK);
     }
   }
 
@@ -177,7 +168,6 @@ class EnqueueStreamReactor final
   CallLimiter::Slot slot_;  // released when gRPC deletes the reactor
   std::shared_ptr<State> st_;
   v1::EnqueueStreamRequest request_;
-  v1::EnqueueStreamResponse response_;
 };
 
 }  // namespace

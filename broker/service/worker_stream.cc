@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/stream_writer.h"
 #include "service/validate.h"
 #include "store/keys.h"
 #include "util/time.h"
@@ -15,6 +16,7 @@ namespace errand::service {
 namespace {
 constexpr uint32_t kMaxCredits = 10000;
 class WorkerStreamReactor;
+using ConnectWriter = StreamWriter<v1::ConnectRequest, v1::ConnectResponse>;
 }  // namespace
 
 // Core-side state of one Connect stream. The reactor is touched only while
@@ -24,14 +26,14 @@ struct WorkerRegistry::Session {
   bool finished = false;
   bool hello = false;
   bool reading = false;
-  bool writing = false;
   bool closed = false;  // the stream ended (read side or cancel)
   bool leasing = false;
   uint64_t waiter_id = 0;
   uint32_t credits = 0;
   dispatch::LeaseSpec spec;
   std::unordered_map<uint64_t, uint64_t> held;  // job id -> lease token
-  std::deque<v1::ConnectResponse> out;
+  // Deliveries and acks go out from any thread, one per message.
+  std::unique_ptr<ConnectWriter> writer;
   auth::PrincipalRef who;  // the caller; null without tokens
   uint64_t auth_generation = 0;  // the token-file generation `who` was checked at
 };
@@ -47,6 +49,13 @@ class WorkerStreamReactor final
                       CallLimiter::Slot slot)
       : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<Session>()) {
     st_->reactor = this;
+    st_->writer = std::make_unique<ConnectWriter>(
+        this, &ConnectWriter::PackOne, [ctx, weak = std::weak_ptr<Session>(st_)] {
+          // A write failed: the worker is gone.
+          ctx->OnCore([ctx, st = weak.lock()] {
+            if (st) Close(ctx, st, grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+          });
+        });
     st_->who = std::move(who);
     st_->spec.worker_id = std::move(peer);
     st_->reading = true;
@@ -74,17 +83,7 @@ class WorkerStreamReactor final
     });
   }
 
-  void OnWriteDone(bool ok) override {
-    ctx_->OnCore([ctx = ctx_, st = st_, ok] {
-      st->writing = false;
-      if (st->finished) return;
-      if (!ok) {
-        Close(ctx, st, grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
-        return;
-      }
-      Pump(st);
-    });
-  }
+  void OnWriteDone(bool ok) override { st_->writer->OnWriteDone(ok); }
 
   void OnCancel() override {
     ctx_->OnCore([ctx = ctx_, st = st_] {
@@ -97,16 +96,7 @@ class WorkerStreamReactor final
  private:
   static void Send(const std::shared_ptr<Session>& st, v1::ConnectResponse msg) {
     if (st->finished) return;
-    st->out.push_back(std::move(msg));
-    Pump(st);
-  }
-
-  static void Pump(const std::shared_ptr<Session>& st) {
-    if (st->finished || st->writing || st->out.empty()) return;
-    st->writing = true;
-    st->reactor->response_ = std::move(st->out.front());
-    st->out.pop_front();
-    st->reactor->StartWrite(&st->reactor->response_);
+    st->writer->Send(std::move(msg));
   }
 
   static void Ack(const std::shared_ptr<Session>& st, uint64_t request_id,
@@ -134,7 +124,7 @@ class WorkerStreamReactor final
     ReleaseHeld(ctx, st);
     if (!st->finished) {
       st->finished = true;
-      st->reactor->Finish(status);
+      st->writer->Finish(status);
     }
   }
 

@@ -245,22 +245,52 @@ absl::Status JobStore::CheckWriteError(const char* what) {
 }
 
 absl::Status JobStore::Write(rocksdb::WriteBatch* batch, bool sync) {
-  absl::MutexLock wal_lock(&wal_mu_);
-  if (absl::Status s = CheckWriteError("commit"); !s.ok()) return s;
-  rocksdb::WriteOptions wo;
-  wo.sync = sync;
-  rocksdb::Status rs = db_->Write(wo, batch);
-  absl::Status s = FromRocks(rs, "commit");
-  NoteWriteResult(rs, s);
+  {
+    absl::MutexLock gate(&gate_mu_);
+    // A sync waiting for the writes in progress goes first (it waits for
+    // one write at most); while failing, one call at a time.
+    auto may_start = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_mu_) {
+      return !sync_waiting_ && !(failing_ && (writes_in_progress_ > 0 || sync_in_progress_));
+    };
+    gate_mu_.Await(absl::Condition(&may_start));
+    writes_in_progress_++;
+  }
+  absl::Status s = CheckWriteError("commit");
+  if (s.ok()) {
+    rocksdb::WriteOptions wo;
+    wo.sync = sync;
+    rocksdb::Status rs = db_->Write(wo, batch);
+    s = FromRocks(rs, "commit");
+    NoteWriteResult(rs, s);
+  }
+  const bool failing = !write_error().ok();
+  absl::MutexLock gate(&gate_mu_);
+  writes_in_progress_--;
+  failing_ = failing;
   return s;
 }
 
 absl::Status JobStore::SyncWAL() {
-  absl::MutexLock wal_lock(&wal_mu_);
-  if (absl::Status s = CheckWriteError("syncing WAL"); !s.ok()) return s;
-  rocksdb::Status rs = db_->SyncWAL();
-  absl::Status s = FromRocks(rs, "syncing WAL");
-  NoteWriteResult(rs, s);
+  {
+    absl::MutexLock gate(&gate_mu_);
+    sync_waiting_ = true;
+    auto may_start = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(gate_mu_) {
+      return writes_in_progress_ == 0 && !sync_in_progress_;
+    };
+    gate_mu_.Await(absl::Condition(&may_start));
+    sync_waiting_ = false;
+    sync_in_progress_ = true;
+  }
+  absl::Status s = CheckWriteError("syncing WAL");
+  if (s.ok()) {
+    rocksdb::Status rs = db_->SyncWAL();
+    s = FromRocks(rs, "syncing WAL");
+    NoteWriteResult(rs, s);
+  }
+  const bool failing = !write_error().ok();
+  absl::MutexLock gate(&gate_mu_);
+  sync_in_progress_ = false;
+  failing_ = failing;
   return s;
 }
 

@@ -108,11 +108,21 @@ class JobStore {
   uint64_t boot_epoch_ = 0;
   bool closed_ = false;
 
-  // Serializes Write and SyncWAL. RocksDB allows a WAL sync concurrent with
-  // writes, but Debian's librocksdb (7.8, built with assertions) aborts when a
-  // WAL that failed in one call is entered by another (a full disk under
-  // load): the power-cut test hit it.
-  absl::Mutex wal_mu_ ABSL_ACQUIRED_BEFORE(error_mu_);
+  // Lets Write and SyncWAL overlap, safely. RocksDB allows a WAL sync
+  // concurrent with writes, and the commit pipeline relies on it (the next
+  // group is written while the previous one is fsynced). One case must not
+  // happen: Debian's librocksdb (7.8, built with assertions) aborts when a
+  // WAL sync enters a log file that a failed write left behind (a full disk
+  // under load; the power-cut test hit it). So a SyncWAL starts only when
+  // no Write is in progress (and CheckWriteError has seen how the last one
+  // ended); a Write that starts while a sync runs is fine (a sync that fails
+  // marks the file in a way later writes may meet). While the store is
+  // failing (write_error_ set), every Write and SyncWAL runs alone.
+  absl::Mutex gate_mu_ ABSL_ACQUIRED_BEFORE(error_mu_);
+  int writes_in_progress_ ABSL_GUARDED_BY(gate_mu_) = 0;
+  bool sync_in_progress_ ABSL_GUARDED_BY(gate_mu_) = false;
+  bool sync_waiting_ ABSL_GUARDED_BY(gate_mu_) = false;
+  bool failing_ ABSL_GUARDED_BY(gate_mu_) = false;
   // Write-error recovery. Thread: the commit pipeline's writer and syncer.
   mutable absl::Mutex error_mu_;
   absl::Status write_error_ ABSL_GUARDED_BY(error_mu_);

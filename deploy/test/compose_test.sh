@@ -228,6 +228,7 @@ fi
 # reach the services.
 PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 ADDR="127.0.0.1:$PORT"
+HTTP_PORT=$("$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 DEMO_QUEUE=greetings
 SHELL_QUEUE=shellq
 DEMO_JOBS=6
@@ -235,6 +236,7 @@ IMAGE=errand:compose-test
 cat >"$W/ci.env" <<EOF
 ERRAND_IMAGE=$IMAGE
 ERRAND_PORT=$PORT
+ERRAND_HTTP_PORT=$HTTP_PORT
 ERRAND_LISTEN_HOST=127.0.0.1
 ERRAND_DEMO_QUEUE=$DEMO_QUEUE
 ERRAND_SHELL_QUEUE=$SHELL_QUEUE
@@ -430,6 +432,18 @@ check "worker-shell log: 1 job succeeded" \
 stats=$(DC_TIMEOUT=60 cdc exec -T broker errandctl stats "$DEMO_QUEUE" 2>&1)
 check "errandctl in the broker container (exec) counts $((DEMO_JOBS + 5)) succeeded on $DEMO_QUEUE" \
   test "$(field succeeded <<<"$stats")" = $((DEMO_JOBS + 5))
+
+# The HTTP endpoints on ERRAND_HTTP_PORT: readiness, and the metrics count
+# the jobs that succeeded.
+http_get() {
+  "$PYTHON" -c 'import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    sys.stdout.write(r.read().decode())' "http://127.0.0.1:$HTTP_PORT$1"
+}
+check "HTTP /readyz on ERRAND_HTTP_PORT answers 200" quiet http_get /readyz
+metric=$(http_get /metrics 2>/dev/null | grep "^errand_jobs_completed_total{queue=\"$DEMO_QUEUE\"}" | awk '{print $2}')
+check "HTTP /metrics counts $((DEMO_JOBS + 5)) jobs completed on $DEMO_QUEUE (got ${metric:-none})" \
+  test "${metric%.*}" = $((DEMO_JOBS + 5))
 
 # --------------------------------------------------------------------------
 log "stop (SIGTERM) and down, keeping the volume"

@@ -29,6 +29,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "commit/commit_pipeline.h"
@@ -95,6 +96,7 @@ class PowerCutTest : public ::testing::Test {
     CommitPipeline::Options popts;
     popts.mode = mode;
     popts.sync_interval = milliseconds(5);
+    popts.write_on_post_thread = true;  // as the broker does
     pipeline_ = std::make_unique<CommitPipeline>(
         store_.get(), popts, [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); },
         store_->LastEventSeq().value(), store_->FirstEventSeq().value());
@@ -162,6 +164,9 @@ class PowerCutTest : public ::testing::Test {
         LeaseSome(done);
       }
       io_.poll();
+      // Let time pass now and then, so that async mode's background fsync
+      // (every few ms) runs between cuts even when writes are fast.
+      if (op % 16 == 15) std::this_thread::sleep_for(milliseconds(2));
     }
     if (fs_->powered()) fs_->PowerCut();
     ASSERT_TRUE(RunUntil([&] { return in_flight == 0; })) << "operations never answered";
