@@ -175,7 +175,9 @@ TEST_P(CommitPipelineTest, ConcurrentSyncWritersShareFsyncs) {
   // groups. Written by the posting thread (here: each submitter, since post
   // runs closures in place) a write forms a group of one unless another is
   // being written at that moment: only the fsyncs are shared for sure.
-  if (!GetParam()) EXPECT_LT(st.groups, st.writes);
+  if (!GetParam()) {
+    EXPECT_LT(st.groups, st.writes);
+  }
   // Every write is in the store.
   for (int t = 0; t < kThreads; ++t) {
     EXPECT_EQ(StoredValue(static_cast<uint64_t>(t) * 1000 + 1), "x");
