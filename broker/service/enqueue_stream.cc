@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/parsed_bidi.h"
 #include "service/validate.h"
 
 namespace errand::service {
@@ -14,7 +15,7 @@ namespace {
 constexpr size_t kMaxUnanswered = 10000;
 
 class EnqueueStreamReactor final
-    : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
+    : public ParsedBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
  public:
   // Core-side state; the reactor is only touched while !finished.
   struct State {
@@ -22,6 +23,7 @@ class EnqueueStreamReactor final
     bool finished = false;
     bool reading = false;     // a StartRead is outstanding
     bool read_closed = false; // the client half-closed (or the stream broke)
+    grpc::Status end;         // the final status once everything is answered
     bool writing = false;
     size_t unanswered = 0;
     std::vector<v1::EnqueueStreamResponse> ready;  // answers not yet written
@@ -34,7 +36,18 @@ class EnqueueStreamReactor final
     StartRead(&request_);
   }
 
-  void OnReadDone(bool ok) override {
+  // A message that does not parse ends the reading; the jobs before it are
+  // answered, then the stream ends with `status` (INVALID_ARGUMENT).
+  void OnMalformedRead(const grpc::Status& status) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, status] {
+      st->reading = false;
+      st->read_closed = true;
+      st->end = status;
+      Pump(ctx, st);
+    });
+  }
+
+  void OnMessageRead(bool ok) override {
     if (!ok) {
       ctx_->OnCore([ctx = ctx_, st = st_] {
         st->reading = false;
@@ -165,7 +178,7 @@ class EnqueueStreamReactor final
     }
     if (st->read_closed && !st->writing && st->unanswered == 0 && st->ready.empty()) {
       st->finished = true;
-      st->reactor->Finish(grpc::Status::OK);
+      st->reactor->Finish(st->end);
     }
   }
 
@@ -182,12 +195,11 @@ class EnqueueStreamReactor final
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewEnqueueStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
   auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
   if (!slot.ok()) {
-    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
-        ToGrpc(slot.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(slot.status()));
   }
   return new EnqueueStreamReactor(ctx, std::move(who), std::move(*slot));
 }

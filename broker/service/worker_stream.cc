@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/parsed_bidi.h"
 #include "service/validate.h"
 #include "store/keys.h"
 #include "util/time.h"
@@ -41,7 +42,7 @@ namespace {
 using Session = WorkerRegistry::Session;
 
 class WorkerStreamReactor final
-    : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
+    : public ParsedBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
  public:
   WorkerStreamReactor(const ServiceContext* ctx, std::string peer, auth::PrincipalRef who,
                       CallLimiter::Slot slot)
@@ -53,7 +54,17 @@ class WorkerStreamReactor final
     StartRead(&request_);
   }
 
-  void OnReadDone(bool ok) override {
+  // A message that does not parse ends the stream with `status`
+  // (INVALID_ARGUMENT); what the messages before it did stands, and the
+  // worker's leases are released as when a stream drops.
+  void OnMalformedRead(const grpc::Status& status) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, status] {
+      st->reading = false;
+      Close(ctx, st, status);
+    });
+  }
+
+  void OnMessageRead(bool ok) override {
     if (!ok) {
       ctx_->OnCore([ctx = ctx_, st = st_] {
         st->reading = false;
@@ -359,11 +370,11 @@ void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
   }
 }
 
-grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
   auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
   if (!slot.ok()) {
-    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(slot.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(slot.status()));
   }
   return new WorkerStreamReactor(ctx, context->peer(), std::move(who), std::move(*slot));
 }
