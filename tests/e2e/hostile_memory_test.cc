@@ -15,6 +15,14 @@
 namespace errand::e2e {
 namespace {
 
+// Under ASan and TSan the broker's shadow memory counts in its RSS: the
+// figures are printed, not bounded.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kBounded = false;
+#else
+constexpr bool kBounded = true;
+#endif
+
 // Peak resident set size of a process in KiB (VmHWM); 0 if unreadable.
 uint64_t VmHwmKb(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -86,7 +94,7 @@ TEST_F(HostileMemory, MaxBatchOfTinyJobs) {
   grpc::Status s;
   const uint64_t kb = PeakGrowthKb("1000 tiny jobs", batch, &s);
   EXPECT_TRUE(s.ok()) << Show(s);
-  EXPECT_LT(kb, 32u << 10);
+  if (kBounded) EXPECT_LT(kb, 32u << 10);
   EXPECT_EQ(client().Stats("q").ready(), 1000u);
 }
 
@@ -100,7 +108,7 @@ TEST_F(HostileMemory, MaximalMessageOfPayload) {
   EXPECT_TRUE(s.ok()) << Show(s);
   // Measured: about twice the message (the received bytes, the parsed jobs
   // and their records on the way to the store).
-  EXPECT_LT(kb, 4 * batch.size() / 1024 + (32u << 10));
+  if (kBounded) EXPECT_LT(kb, 4 * batch.size() / 1024 + (32u << 10));
   EXPECT_EQ(client().Stats("big").ready(), 63u);
 }
 
@@ -120,7 +128,7 @@ TEST_F(HostileMemory, MaximalMessageOfEmptyJobs) {
   EXPECT_NE(s.error_message().find("--max-batch"), std::string::npos) << Show(s);
   // The jobs are counted in the bytes, not parsed: about the message itself.
   // (Parsed, they took some 250 bytes each: 8 GB.)
-  EXPECT_LT(kb, 2 * batch.size() / 1024 + (32u << 10));
+  if (kBounded) EXPECT_LT(kb, 2 * batch.size() / 1024 + (32u << 10));
   EXPECT_FALSE(client().MustEnqueue(NewJob("after")).empty());
 }
 
