@@ -160,8 +160,11 @@ case "$cmd" in
     args=()
     for a in "$@"; do
       case "$a" in
-        --sanitize=address) dir="$ROOT/build-asan"; args+=(-DERRAND_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo) ;;
+        --sanitize=address) dir="$ROOT/build-asan"; args+=(-DERRAND_SANITIZE=address -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+          # The tests' waits stretch by this factor (tests/support/test_support.h).
+          export ERRAND_TEST_TIME_SCALE="${ERRAND_TEST_TIME_SCALE:-3}" ;;
         --sanitize=thread) dir="$ROOT/build-tsan"; args+=(-DERRAND_SANITIZE=thread -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+          export ERRAND_TEST_TIME_SCALE="${ERRAND_TEST_TIME_SCALE:-5}"
           # Reports inside the uninstrumented Debian libraries are suppressed
           # (see the file); the broker processes the e2e tests start inherit it.
           export TSAN_OPTIONS="suppressions=$ROOT/tools/tsan.supp second_deadlock_stack=1 ${TSAN_OPTIONS:-}" ;;

@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/parsed_bidi.h"
 #include "service/stream_writer.h"
 #include "service/validate.h"
 
@@ -15,9 +16,10 @@ namespace {
 constexpr size_t kMaxUnanswered = 10000;
 
 class EnqueueStreamReactor final
-    : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
+    : public ParsedBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
  public:
-  using Writer = StreamWriter<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>;
+  using Writer = StreamWriter<ParsedBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>,
+                              v1::EnqueueStreamResponse>;
 
   // Core-side state; the reactor is only touched while !finished.
   struct State : std::enable_shared_from_this<State> {
@@ -34,6 +36,7 @@ class EnqueueStreamReactor final
     bool finished = false;
     bool reading = false;     // a StartRead is outstanding
     bool read_closed = false; // the client half-closed (or the stream broke)
+    grpc::Status end;         // the final status once everything is answered
     size_t unanswered = 0;
     // Answers go out from any thread; what queues up while a write is in
     // flight is packed into the next message.
@@ -46,7 +49,18 @@ class EnqueueStreamReactor final
     StartRead(&request_);
   }
 
-  void OnReadDone(bool ok) override {
+  // A message that does not parse ends the reading; the jobs before it are
+  // answered, then the stream ends with `status` (INVALID_ARGUMENT).
+  void OnMalformedRead(const grpc::Status& status) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, status] {
+      st->reading = false;
+      st->read_closed = true;
+      st->end = status;
+      Pump(ctx, st);
+    });
+  }
+
+  void OnMessageRead(bool ok) override {
     if (!ok) {
       ctx_->OnCore([ctx = ctx_, st = st_] {
         st->reading = false;
@@ -156,7 +170,7 @@ class EnqueueStreamReactor final
     }
     if (st->read_closed && st->unanswered == 0) {
       st->finished = true;
-      st->writer.Finish(grpc::Status::OK);
+      st->writer.Finish(st->end);
     }
   }
 
@@ -172,12 +186,11 @@ class EnqueueStreamReactor final
 
 }  // namespace
 
-grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* NewEnqueueStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewEnqueueStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
   auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
   if (!slot.ok()) {
-    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
-        ToGrpc(slot.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(slot.status()));
   }
   return new EnqueueStreamReactor(ctx, std::move(who), std::move(*slot));
 }

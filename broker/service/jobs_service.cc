@@ -1,6 +1,8 @@
 #include "service/jobs_service.h"
 
+#include <iterator>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "service/auth_check.h"
@@ -8,6 +10,10 @@
 #include "service/enqueue_stream.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
+#include "service/malformed_request.h"
+#include "service/parsed_bidi.h"
+#include "service/validate.h"
+#include "service/wire_scan.h"
 #include "store/keys.h"
 #include "util/time.h"
 
@@ -16,6 +22,31 @@ namespace {
 
 v1::Durability Reached(bool synced) {
   return synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC;
+}
+
+// The index of a unary method in its generated service.
+int UnaryMethodIndex(const std::string& method) {
+  const auto* d = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
+  GPR_ASSERT(d != nullptr && !d->client_streaming() && !d->server_streaming());
+  return d->index();
+}
+
+// An EnqueueBatchRequest from its bytes. The jobs are counted in the bytes
+// first: a batch over --max-batch is refused before they are parsed (a 64 MiB
+// message holds 33 million empty jobs, some 8 GB once parsed).
+absl::Status ParseBatch(const grpc::ByteBuffer& raw, const Limits& limits,
+                        v1::EnqueueBatchRequest* out) {
+  const std::string malformed = "request " + MalformedMessage("errand.v1.EnqueueBatchRequest");
+  uint64_t jobs = 0;
+  if (!CountLengthDelimited(raw, v1::EnqueueBatchRequest::kJobsFieldNumber, &jobs)) {
+    return absl::InvalidArgumentError(malformed);
+  }
+  if (auto s = ValidateBatchSize(jobs, limits); !s.ok()) return s;
+  grpc::ByteBuffer copy(raw);  // shares the slices
+  if (!grpc::SerializationTraits<v1::EnqueueBatchRequest>::Deserialize(&copy, out).ok()) {
+    return absl::InvalidArgumentError(malformed);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -54,12 +85,15 @@ grpc::ServerUnaryReactor* JobsService::Enqueue(grpc::CallbackServerContext* cont
   return reactor;
 }
 
-grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext* context,
-                                                    const v1::EnqueueBatchRequest* request,
-                                                    v1::EnqueueBatchResponse* response) {
+grpc::ServerUnaryReactor* JobsService::EnqueueBatchRaw(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* raw_request,
+                                                       grpc::ByteBuffer* raw_response) {
   auto* reactor = context->DefaultReactor();
   auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueBatch");
   absl::Status s = who.status();
+  v1::EnqueueBatchRequest parsed;
+  const v1::EnqueueBatchRequest* request = &parsed;
+  if (s.ok()) s = ParseBatch(*raw_request, ctx_->limits, &parsed);
   if (s.ok()) s = ValidateEnqueueBatch(*request, ctx_->limits, ctx_->clock->Now());
   for (int i = 0; s.ok() && i < request->jobs_size(); ++i) {
     s = AllowQueue(*who, request->jobs(i).queue());
@@ -68,15 +102,18 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
     reactor->Finish(ToGrpc(s));
     return reactor;
   }
-  std::vector<v1::EnqueueRequest> reqs(request->jobs().begin(), request->jobs().end());
+  std::vector<v1::EnqueueRequest> reqs(std::make_move_iterator(parsed.mutable_jobs()->begin()),
+                                       std::make_move_iterator(parsed.mutable_jobs()->end()));
   v1::Durability durability = request->durability();
-  ctx_->OnCore([ctx = ctx_, reactor, response, reqs = std::move(reqs), durability]() mutable {
+  ctx_->OnCore([ctx = ctx_, reactor, raw_response, reqs = std::move(reqs), durability]() mutable {
     ctx->engine->Enqueue(std::move(reqs), durability,
-                         [reactor, response](absl::StatusOr<dispatch::EnqueueOutcome> r) {
+                         [reactor, raw_response](absl::StatusOr<dispatch::EnqueueOutcome> r) {
                            if (!r.ok()) {
                              reactor->Finish(ToGrpc(r.status()));
                              return;
                            }
+                           v1::EnqueueBatchResponse answer;
+                           v1::EnqueueBatchResponse* response = &answer;
                            for (size_t i = 0; i < r->job_ids.size(); ++i) {
                              auto* one = response->add_results();
                              one->set_job_id(r->job_ids[i]);
@@ -89,18 +126,32 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatch(grpc::CallbackServerContext*
                            }
                            response->set_durability(Reached(r->synced));
                            response->set_commit_seq(r->commit_seq);
-                           reactor->Finish(grpc::Status::OK);
+                           bool own = false;
+                           reactor->Finish(
+                               grpc::SerializationTraits<v1::EnqueueBatchResponse>::Serialize(
+                                   answer, raw_response, &own));
                          });
   });
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>*
-JobsService::EnqueueStream(grpc::CallbackServerContext* context) {
+JobsService::JobsService(const ServiceContext* ctx) : ctx_(ctx) {
+  MarkMethodRawCallback(
+      UnaryMethodIndex("errand.v1.Jobs.EnqueueBatch"),
+      new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+          [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+                 grpc::ByteBuffer* response) { return EnqueueBatchRaw(context, request, response); }));
+  MarkMethodRawCallback(BidiMethodIndex("errand.v1.Jobs.EnqueueStream"),
+                        RawBidiHandler([this](grpc::CallbackServerContext* context) {
+                          return EnqueueStreamRaw(context);
+                        }));
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* JobsService::EnqueueStreamRaw(
+    grpc::CallbackServerContext* context) {
   auto who = Authorize(ctx_, context, need::kProduce, "errand.v1.Jobs/EnqueueStream");
   if (!who.ok()) {
-    return RejectedBidi<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>(
-        ToGrpc(who.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(who.status()));
   }
   return NewEnqueueStream(ctx_, context, std::move(*who));
 }

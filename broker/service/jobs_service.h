@@ -9,16 +9,13 @@ namespace errand::service {
 class JobsService final : public v1::Jobs::CallbackService {
  public:
   // `ctx` must outlive the service.
-  explicit JobsService(const ServiceContext* ctx) : ctx_(ctx) {}
+  // EnqueueStream and EnqueueBatch are registered raw (see
+  // service/parsed_bidi.h, EnqueueBatchRaw).
+  explicit JobsService(const ServiceContext* ctx);
 
   grpc::ServerUnaryReactor* Enqueue(grpc::CallbackServerContext* context,
                                     const v1::EnqueueRequest* request,
                                     v1::EnqueueResponse* response) override;
-  grpc::ServerUnaryReactor* EnqueueBatch(grpc::CallbackServerContext* context,
-                                         const v1::EnqueueBatchRequest* request,
-                                         v1::EnqueueBatchResponse* response) override;
-  grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* EnqueueStream(
-      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
                                    const v1::GetJobRequest* request,
                                    v1::GetJobResponse* response) override;
@@ -35,6 +32,15 @@ class JobsService final : public v1::Jobs::CallbackService {
                                      v1::ListJobsResponse* response) override;
 
  private:
+  // EnqueueBatch, raw: the jobs are counted against --max-batch in the bytes
+  // before they are parsed.
+  grpc::ServerUnaryReactor* EnqueueBatchRaw(grpc::CallbackServerContext* context,
+                                            const grpc::ByteBuffer* raw_request,
+                                            grpc::ByteBuffer* raw_response);
+  // EnqueueStream, raw: the reactor parses each message itself.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* EnqueueStreamRaw(
+      grpc::CallbackServerContext* context);
+
   const ServiceContext* const ctx_;
 };
 

@@ -33,11 +33,8 @@ class MalformedRequestInterceptor final : public grpc::experimental::Interceptor
       if ((s.error_code() == grpc::StatusCode::INTERNAL ||
            s.error_code() == grpc::StatusCode::UNIMPLEMENTED) &&
           s.error_message().empty()) {
-        methods->ModifySendStatus(grpc::Status(
-            grpc::StatusCode::INVALID_ARGUMENT,
-            "request is not a valid " + request_type_ +
-                ": malformed protobuf, invalid UTF-8 in a string field, or nesting deeper "
-                "than 100 levels"));
+        methods->ModifySendStatus(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                               "request " + MalformedMessage(request_type_)));
       }
     }
     methods->Proceed();
@@ -60,6 +57,12 @@ class Factory final : public grpc::experimental::ServerInterceptorFactoryInterfa
 };
 
 }  // namespace
+
+std::string MalformedMessage(const std::string& type) {
+  return "is not a valid " + type +
+         ": malformed protobuf, invalid UTF-8 in a string field, or nesting deeper than 100 "
+         "levels";
+}
 
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
 MalformedRequestInterceptors() {

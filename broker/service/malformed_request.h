@@ -3,6 +3,7 @@
 #include <grpcpp/support/server_interceptor.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 // gRPC answers a request that fails to parse as its protobuf message
@@ -13,13 +14,18 @@
 // errand.v1.EnqueueRequest: ...".
 //
 // It is installed for unary and server-streaming methods only: bidi streams
-// (the fast paths) carry no interceptor at all, and their reactors treat a
-// message that fails to parse as the end of the stream.
+// (the fast paths) carry no interceptor at all; they are registered raw and
+// parse each message themselves (service/parsed_bidi.h), ending the stream
+// with the same INVALID_ARGUMENT when one fails to parse.
 //
 // Thread: any (gRPC calls it; per-call state only).
 namespace errand::service {
 
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>
 MalformedRequestInterceptors();
+
+// "is not a valid <type>: malformed protobuf, ..." for a message of protobuf
+// type `type` (full name) that failed to parse.
+std::string MalformedMessage(const std::string& type);
 
 }  // namespace errand::service

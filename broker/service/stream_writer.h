@@ -32,10 +32,12 @@ namespace errand::service {
 // deletes the reactor only after it finished, and once finishing, Send and
 // Finish return without touching it: the writer (kept by the core-side
 // state) may outlive the reactor.
-template <class Request, class Response>
+//
+// `Reactor` has StartWrite(const Response*) and Finish(grpc::Status), as
+// grpc::ServerBidiReactor<Request, Response> and ParsedBidiReactor do.
+template <class Reactor, class Response>
 class StreamWriter {
  public:
-  using Reactor = grpc::ServerBidiReactor<Request, Response>;
   // Builds the next message from `queued` (never empty) into `out`, taking
   // what it packs off `queued`.
   using Pack = std::function<void(std::vector<Response>& queued, Response* out)>;

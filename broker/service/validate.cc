@@ -203,13 +203,20 @@ absl::Status ValidateEnqueue(const v1::EnqueueRequest& req, const Limits& limits
   return absl::OkStatus();
 }
 
+absl::Status ValidateBatchSize(uint64_t jobs, const Limits& limits) {
+  if (jobs > limits.max_batch) {
+    return absl::InvalidArgumentError("jobs has " + std::to_string(jobs) +
+                                      " entries; the limit is " +
+                                      std::to_string(limits.max_batch) + " (--max-batch)");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateEnqueueBatch(const v1::EnqueueBatchRequest& req, const Limits& limits,
                                   std::chrono::system_clock::time_point now) {
   if (req.jobs_size() == 0) return absl::InvalidArgumentError("jobs is empty");
-  if (static_cast<size_t>(req.jobs_size()) > limits.max_batch) {
-    return absl::InvalidArgumentError("jobs has " + std::to_string(req.jobs_size()) +
-                                      " entries; the limit is " +
-                                      std::to_string(limits.max_batch) + " (--max-batch)");
+  if (auto s = ValidateBatchSize(static_cast<uint64_t>(req.jobs_size()), limits); !s.ok()) {
+    return s;
   }
   if (!v1::Durability_IsValid(req.durability())) {
     return absl::InvalidArgumentError("durability is not a known Durability");

@@ -50,6 +50,9 @@ absl::StatusOr<uint64_t> ParseJobIdField(std::string_view id, std::string_view f
 absl::Status ValidateEnqueue(const v1::EnqueueRequest& req, const Limits& limits,
                              std::chrono::system_clock::time_point now,
                              std::string_view field = "");
+// The number of jobs in one EnqueueBatch against --max-batch (also checked on
+// the raw bytes, before the jobs are parsed).
+absl::Status ValidateBatchSize(uint64_t jobs, const Limits& limits);
 absl::Status ValidateEnqueueBatch(const v1::EnqueueBatchRequest& req, const Limits& limits,
                                   std::chrono::system_clock::time_point now);
 absl::Status ValidateLease(const v1::LeaseRequest& req);

@@ -6,6 +6,7 @@
 
 #include "service/auth_check.h"
 #include "service/grpc_status.h"
+#include "service/parsed_bidi.h"
 #include "service/stream_writer.h"
 #include "service/validate.h"
 #include "store/keys.h"
@@ -16,7 +17,8 @@ namespace errand::service {
 namespace {
 constexpr uint32_t kMaxCredits = 10000;
 class WorkerStreamReactor;
-using ConnectWriter = StreamWriter<v1::ConnectRequest, v1::ConnectResponse>;
+using ConnectWriter =
+    StreamWriter<ParsedBidiReactor<v1::ConnectRequest, v1::ConnectResponse>, v1::ConnectResponse>;
 }  // namespace
 
 // Core-side state of one Connect stream. The reactor is touched only while
@@ -43,7 +45,7 @@ namespace {
 using Session = WorkerRegistry::Session;
 
 class WorkerStreamReactor final
-    : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
+    : public ParsedBidiReactor<v1::ConnectRequest, v1::ConnectResponse> {
  public:
   WorkerStreamReactor(const ServiceContext* ctx, std::string peer, auth::PrincipalRef who,
                       CallLimiter::Slot slot)
@@ -62,7 +64,17 @@ class WorkerStreamReactor final
     StartRead(&request_);
   }
 
-  void OnReadDone(bool ok) override {
+  // A message that does not parse ends the stream with `status`
+  // (INVALID_ARGUMENT); what the messages before it did stands, and the
+  // worker's leases are released as when a stream drops.
+  void OnMalformedRead(const grpc::Status& status) override {
+    ctx_->OnCore([ctx = ctx_, st = st_, status] {
+      st->reading = false;
+      Close(ctx, st, status);
+    });
+  }
+
+  void OnMessageRead(bool ok) override {
     if (!ok) {
       ctx_->OnCore([ctx = ctx_, st = st_] {
         st->reading = false;
@@ -349,11 +361,11 @@ void WorkerRegistry::OnEvents(const std::vector<v1::Event>& events) {
   }
 }
 
-grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who) {
   auto slot = ctx->Admit(CallLimiter::Kind::kStream, context);
   if (!slot.ok()) {
-    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(slot.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(slot.status()));
   }
   return new WorkerStreamReactor(ctx, context->peer(), std::move(who), std::move(*slot));
 }

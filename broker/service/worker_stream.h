@@ -50,8 +50,10 @@ class WorkerRegistry {
 // extensions answered on the same stream; cancel requests pushed. When the
 // stream drops, the worker's leases are released after the grace period.
 // hello's queues and the jobs of completions, failures and extensions are
-// checked against `who` (null: no tokens).
-grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* NewWorkerStream(
+// checked against `who` (null: no tokens). The method is registered raw (see
+// service/parsed_bidi.h): a message that does not parse as a ConnectRequest
+// ends the stream with INVALID_ARGUMENT naming it.
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who);
 
 }  // namespace errand::service

@@ -5,6 +5,7 @@
 #include "service/auth_check.h"
 #include "service/call_limits.h"
 #include "service/grpc_status.h"
+#include "service/parsed_bidi.h"
 #include "service/worker_stream.h"
 #include "util/time.h"
 
@@ -97,11 +98,18 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
   return reactor;
 }
 
-grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* WorkersService::Connect(
+WorkersService::WorkersService(const ServiceContext* ctx) : ctx_(ctx) {
+  MarkMethodRawCallback(BidiMethodIndex("errand.v1.Workers.Connect"),
+                        RawBidiHandler([this](grpc::CallbackServerContext* context) {
+                          return ConnectRaw(context);
+                        }));
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* WorkersService::ConnectRaw(
     grpc::CallbackServerContext* context) {
   auto who = Authorize(ctx_, context, need::kWork, "errand.v1.Workers/Connect");
   if (!who.ok()) {
-    return RejectedBidi<v1::ConnectRequest, v1::ConnectResponse>(ToGrpc(who.status()));
+    return RejectedBidi<grpc::ByteBuffer, grpc::ByteBuffer>(ToGrpc(who.status()));
   }
   return NewWorkerStream(ctx_, context, std::move(*who));
 }

@@ -9,13 +9,12 @@ namespace errand::service {
 class WorkersService final : public v1::Workers::CallbackService {
  public:
   // `ctx` must outlive the service.
-  explicit WorkersService(const ServiceContext* ctx) : ctx_(ctx) {}
+  // Connect is registered raw (see service/parsed_bidi.h).
+  explicit WorkersService(const ServiceContext* ctx);
 
   grpc::ServerUnaryReactor* Lease(grpc::CallbackServerContext* context,
                                   const v1::LeaseRequest* request,
                                   v1::LeaseResponse* response) override;
-  grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>* Connect(
-      grpc::CallbackServerContext* context) override;
   grpc::ServerUnaryReactor* Complete(grpc::CallbackServerContext* context,
                                      const v1::CompleteRequest* request,
                                      v1::CompleteResponse* response) override;
@@ -27,6 +26,10 @@ class WorkersService final : public v1::Workers::CallbackService {
                                    v1::ExtendResponse* response) override;
 
  private:
+  // Connect, raw: the reactor parses each message itself.
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ConnectRaw(
+      grpc::CallbackServerContext* context);
+
   const ServiceContext* const ctx_;
 };
 

@@ -21,6 +21,9 @@ TEST_F(ClientSubscriptionTest, GapFreeAcrossBrokerKillAndNetworkDrop) {
   ClientOptions o;
   o.address = proxy.address();
   o.retry.max_attempts = 40;
+  // An enqueue waits out the broker's restart: longer under the sanitizers.
+  o.enqueue_timeout = testing::Scaled(o.enqueue_timeout);
+  o.rpc_timeout = testing::Scaled(o.rpc_timeout);
   auto lib = errand::Client::Connect(o);
   ASSERT_TRUE(lib.ok()) << lib.status();
 

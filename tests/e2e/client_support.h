@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include "support/test_support.h"
+
 namespace errand::e2e {
 
 // Listens on 127.0.0.1:<port()> and forwards every connection to
@@ -135,7 +137,7 @@ struct RunResult {
 };
 
 // Runs argv (with `input` on stdin, extra env "K=V" entries) and waits up to
-// `timeout`; SIGKILLs it past that (exit_code -9).
+// `timeout` (scaled: testing::Scaled); SIGKILLs it past that (exit_code -9).
 inline RunResult RunProgram(const std::vector<std::string>& argv, const std::string& input = "",
                             const std::vector<std::string>& env = {},
                             std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
@@ -162,7 +164,7 @@ inline RunResult RunProgram(const std::vector<std::string>& argv, const std::str
     ::execve(args[0], args.data(), envp.data());
     ::_exit(127);
   }
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto deadline = std::chrono::steady_clock::now() + testing::Scaled(timeout);
   int status = 0;
   for (;;) {
     pid_t w = ::waitpid(pid, &status, WNOHANG);
@@ -224,10 +226,10 @@ class BackgroundProgram {
   void Signal(int sig) {
     if (pid_ > 0) ::kill(pid_, sig);
   }
-  // Waits up to `timeout` for the exit; returns the code (-signal), or -1000
-  // when it still runs.
+  // Waits up to `timeout` (scaled) for the exit; returns the code (-signal),
+  // or -1000 when it still runs.
   int Wait(std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto deadline = std::chrono::steady_clock::now() + testing::Scaled(timeout);
     while (pid_ > 0) {
       int status = 0;
       if (::waitpid(pid_, &status, WNOHANG) == pid_) {

@@ -28,7 +28,7 @@ class ClientToolsTest : public BrokerTest {
   v1::Job WaitDone(const std::string& id, std::chrono::milliseconds timeout = 20s) {
     auto start = Clock::now();
     v1::Job job;
-    while (Since(start) < timeout) {
+    while (Since(start) < testing::Scaled(timeout)) {
       job = client().MustGetJob(id);
       if (job.state() == v1::JOB_STATE_SUCCEEDED || job.state() == v1::JOB_STATE_DEAD ||
           job.state() == v1::JOB_STATE_CANCELLED) {
@@ -79,7 +79,7 @@ TEST_F(ClientToolsTest, WorkerDaemonKillsJobPastTimeout) {
   auto id = client().MustEnqueue(job);
   auto start = Clock::now();
   auto done = WaitDone(id, 15s);
-  EXPECT_LT(Since(start), 10s);
+  EXPECT_LT(Since(start), testing::Scaled(10s));
   EXPECT_EQ(done.state(), v1::JOB_STATE_DEAD) << w->Log();
   EXPECT_NE(done.error().find("timed out"), std::string::npos) << done.error();
 }
@@ -88,7 +88,8 @@ TEST_F(ClientToolsTest, WorkerDaemonDrainsOnSigterm) {
   auto w = StartWorker({"--queue", "drain", "--grace", "10s"}, {"/bin/sh", "-c", "sleep 1; cat"});
   auto id = client().MustEnqueue(NewJob("drain", "finished anyway"));
   auto start = Clock::now();
-  while (client().MustGetJob(id).state() != v1::JOB_STATE_LEASED && Since(start) < 10s) {
+  while (client().MustGetJob(id).state() != v1::JOB_STATE_LEASED &&
+         Since(start) < testing::Scaled(10s)) {
     std::this_thread::sleep_for(10ms);
   }
   ASSERT_EQ(client().MustGetJob(id).state(), v1::JOB_STATE_LEASED);

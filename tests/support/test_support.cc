@@ -85,7 +85,7 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
   pid_ = pid;
   port_ = 0;
   http_port_ = 0;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto deadline = std::chrono::steady_clock::now() + Scaled(timeout);
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
     if (::waitpid(pid_, &status, WNOHANG) == pid_) {
@@ -125,7 +125,7 @@ void BrokerProcess::Kill() {
 int BrokerProcess::Stop(std::chrono::milliseconds timeout) {
   if (pid_ <= 0) return -1;
   ::kill(pid_, SIGTERM);
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto deadline = std::chrono::steady_clock::now() + Scaled(timeout);
   int status = 0;
   while (std::chrono::steady_clock::now() < deadline) {
     pid_t r = ::waitpid(pid_, &status, WNOHANG);

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,12 +46,13 @@ class BrokerProcess {
   BrokerProcess(const BrokerProcess&) = delete;
   BrokerProcess& operator=(const BrokerProcess&) = delete;
 
-  // Starts the process and waits (up to `timeout`) until it serves. Returns
+  // Starts the process and waits (up to `timeout`, scaled) until it serves. Returns
   // false, with the broker's log in `error`, when it did not come up.
   bool Start(std::string* error = nullptr,
              std::chrono::milliseconds timeout = std::chrono::seconds(20));
   void Kill();
-  // SIGTERM and wait; returns the exit code (or -signal when killed by one).
+  // SIGTERM and wait (up to `timeout`, scaled); returns the exit code (or
+  // -signal when killed by one).
   int Stop(std::chrono::milliseconds timeout = std::chrono::seconds(20));
   bool running() const { return pid_ > 0; }
   pid_t pid() const { return pid_; }
@@ -90,9 +92,26 @@ grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const st
                          int* status,
                          std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
-// A deadline `d` from now, for ClientContext::set_deadline.
+// How much slower than a plain build the binaries under test run: the
+// integer in $ERRAND_TEST_TIME_SCALE (at least 1; default 1).
+// `tools/dev.sh test --sanitize=...` sets it, so that waits for the broker
+// and the client tools (deadlines, start and stop, process timeouts) stretch
+// under ASan and TSan instead of being loose for every run.
+inline int TimeScale() {
+  static const int scale = [] {
+    const char* v = std::getenv("ERRAND_TEST_TIME_SCALE");
+    int n = v == nullptr ? 1 : std::atoi(v);
+    return n < 1 ? 1 : n;
+  }();
+  return scale;
+}
+
+// `d` times TimeScale().
+inline std::chrono::milliseconds Scaled(std::chrono::milliseconds d) { return d * TimeScale(); }
+
+// A deadline `d` (scaled) from now, for ClientContext::set_deadline.
 inline std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
-  return std::chrono::system_clock::now() + d;
+  return std::chrono::system_clock::now() + Scaled(d);
 }
 
 }  // namespace errand::testing
