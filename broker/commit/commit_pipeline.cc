@@ -13,6 +13,10 @@
 #include "util/thread_name.h"
 
 namespace errand::commit {
+namespace {
+// Longest the syncer waits for a group being written to join its fsync.
+const absl::Duration kJoinFsyncWait = absl::Microseconds(300);
+}  // namespace
 
 CommitPipeline::CommitPipeline(store::JobStore* store, Options options, Post post,
                                uint64_t last_event_seq, uint64_t first_event_seq)
@@ -319,6 +323,28 @@ void CommitPipeline::RunSyncer() {
       if (housekeeping) Housekeep(/*final=*/stopping);
       if (stopping) return;  // nothing left
       continue;
+    }
+    if (housekeeping && !stopping) {
+      // Group commit across flushes: when a group is being written right
+      // now (or a flush is posted), let it land and join this fsync rather
+      // than start one fsync now and another right after it. Waits for that
+      // one write at most (bounded); an idle broker never waits here.
+      bool waited = false;
+      {
+        absl::MutexLock lock(&mu_);
+        if (committing_ || flush_posted_) {
+          auto landed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+            return !committing_ && !flush_posted_;
+          };
+          mu_.AwaitWithTimeout(absl::Condition(&landed), kJoinFsyncWait);
+          waited = true;
+        }
+      }
+      if (waited) {
+        absl::MutexLock lock(&sync_mu_);
+        for (Pending& p : to_sync_) batch.push_back(std::move(p));
+        to_sync_.clear();
+      }
     }
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
