@@ -140,17 +140,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   // Start releases the jobs that were leased when the broker went down,
   // with writes of their own (fsynced in sync mode: they carry events).
   // Serve once those committed, so that the first reads see the jobs READY.
-  // Idle must be seen twice in a row (see Stop); bounded.
-  {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-    int idle_in_a_row = 0;
-    while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
-      bool idle = false;
-      RunOnCore(b->core_, [raw, &idle] { idle = raw->pipeline_->Idle(); });
-      idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
-      if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
+  b->AwaitCommitsAnswered(std::chrono::seconds(30));
 
   auto& ctx = b->ctx_;
   ctx.core = &b->core_;
@@ -250,6 +240,17 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   return b;
 }
 
+void Broker::AwaitCommitsAnswered(std::chrono::steady_clock::duration limit) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  int idle_in_a_row = 0;
+  while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
+    bool idle = false;
+    RunOnCore(core_, [this, &idle] { idle = pipeline_->Idle(); });
+    idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
+    if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 absl::Status Broker::Stop() {
   if (stopped_) return absl::OkStatus();
   stopped_ = true;
@@ -266,20 +267,8 @@ absl::Status Broker::Stop() {
     });
   }
   // 2. Let in-flight calls finish: wait (up to the grace) until every write
-  // submitted so far has committed and its answer went out from core. Idle
-  // must be seen twice in a row: the results of the last write are posted to
-  // core before the pipeline reports idle, and the second look runs after
-  // them.
-  if (core_thread_.joinable()) {
-    auto until = std::chrono::steady_clock::now() + config_.shutdown_grace;
-    int idle_in_a_row = 0;
-    while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
-      bool idle = false;
-      RunOnCore(core_, [this, &idle] { idle = pipeline_->Idle(); });
-      idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
-      if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    }
-  }
+  // submitted so far has committed and its answer went out from core.
+  if (core_thread_.joinable()) AwaitCommitsAnswered(config_.shutdown_grace);
   // HTTP answered /readyz 503 ("shutting down") while in-flight calls
   // finished; it stops before core and the store, which its scrapes use.
   if (ops_http_) ops_http_->Stop();

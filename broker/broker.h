@@ -6,6 +6,7 @@
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
+#include <chrono>
 #include <memory>
 #include <thread>
 
@@ -53,6 +54,11 @@ class Broker {
   absl::Status ReloadTokens();
 
  private:
+  // Waits (up to `limit`) until every write submitted so far has committed
+  // and its answer ran on core: the pipeline must be seen idle twice in a
+  // row, since the results of the last write are posted to core before it
+  // reports idle and the second look runs after them. Thread: not core.
+  void AwaitCommitsAnswered(std::chrono::steady_clock::duration limit);
   explicit Broker(const Config& config) : config_(config) {}
 
   Config config_;

@@ -113,24 +113,27 @@ void CommitPipeline::Housekeep(bool final) {
 
 CommitPipeline::~CommitPipeline() { Stop(); }
 
+void CommitPipeline::StartThreadsLocked() {
+  started_ = true;
+  syncer_ = std::thread([this] {
+    util::SetThreadName("errand-fsync");
+    RunSyncer();
+  });
+  if (!options_.write_on_post_thread) {
+    thread_ = std::thread([this] {
+      util::SetThreadName("errand-commit");
+      Run();
+    });
+  }
+}
+
 void CommitPipeline::Start() {
   bool post_flush = false;
   {
     absl::MutexLock lock(&mu_);
     if (started_) return;
-    started_ = true;
-    syncer_ = std::thread([this] {
-      util::SetThreadName("errand-fsync");
-      RunSyncer();
-    });
-    if (!options_.write_on_post_thread) {
-      thread_ = std::thread([this] {
-        util::SetThreadName("errand-commit");
-        Run();
-      });
-    } else if (!queue_.empty()) {
-      flush_posted_ = post_flush = true;
-    }
+    StartThreadsLocked();
+    if (options_.write_on_post_thread && !queue_.empty()) flush_posted_ = post_flush = true;
   }
   if (post_flush) post_([this] { Flush(); });
 }
@@ -198,19 +201,7 @@ void CommitPipeline::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    if (!started_) {
-      started_ = true;
-      syncer_ = std::thread([this] {
-        util::SetThreadName("errand-fsync");
-        RunSyncer();
-      });
-      if (!options_.write_on_post_thread) {
-        thread_ = std::thread([this] {
-          util::SetThreadName("errand-commit");
-          Run();
-        });
-      }
-    }
+    if (!started_) StartThreadsLocked();
   }
   if (thread_.joinable()) thread_.join();
   if (options_.write_on_post_thread) {

@@ -212,6 +212,8 @@ class CommitPipeline {
   static void RunResults(std::vector<Pending>& pending, bool synced, const absl::Status& error,
                          const EventSink& sink);
 
+  // Starts the syncer (and the writer thread unless write_on_post_thread).
+  void StartThreadsLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Run();
   void RunSyncer();
   void CommitGroup(std::vector<Item>& group, bool inline_results);

@@ -100,12 +100,6 @@ class StreamWriter {
     Issue();
   }
 
-  // Messages queued and not yet being written.
-  size_t queued() const {
-    absl::MutexLock lock(&mu_);
-    return queued_.size();
-  }
-
  private:
   // With no write in flight: picks what happens next (a write of the
   // queued messages, or the finish); false when nothing is to be done.
@@ -135,7 +129,7 @@ class StreamWriter {
   Reactor* const reactor_;
   const Pack pack_;
   const std::function<void()> on_broken_;
-  mutable absl::Mutex mu_;
+  absl::Mutex mu_;
   std::vector<Response> queued_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;  // Finish asked for

@@ -28,6 +28,13 @@
 #include "errand/v1/workers.grpc.pb.h"
 #include "support/test_support.h"
 
+// Substring checks (the e2e binary links gtest without gmock).
+#define EXPECT_CONTAINS(hay, needle)                                           \
+  EXPECT_NE(std::string(hay).find(needle), std::string::npos) << "missing: " \
+                                                              << (needle) << "\nin: " << (hay)
+#define EXPECT_NOT_CONTAINS(hay, needle) \
+  EXPECT_EQ(std::string(hay).find(needle), std::string::npos) << "unexpected: " << (needle)
+
 namespace errand::e2e {
 
 using namespace std::chrono_literals;
@@ -290,6 +297,21 @@ class BrokerTest : public ::testing::Test {
     client_.reset();
     broker_->Kill();
     ASSERT_NO_FATAL_FAILURE(StartBroker());
+  }
+
+  // The broker still serves after something hostile: health is SERVING, and
+  // a new job (on `queue`, with `payload`) can be enqueued and read back, on
+  // a fresh connection.
+  void ExpectHealthy(const std::string& queue = "hostile.after",
+                     const std::string& payload = "fine") {
+    int health = 0;
+    grpc::Status hs = testing::HealthCheck(broker_->Channel(), "", &health);
+    EXPECT_TRUE(hs.ok()) << Show(hs);
+    EXPECT_EQ(health, 1);
+    Client c(broker_->Channel());
+    const std::string id = c.MustEnqueue(NewJob(queue, payload));
+    ASSERT_FALSE(id.empty());
+    EXPECT_EQ(c.MustGetJob(id).payload(), payload);
   }
 
   // A client on a channel (and connection) of its own.

@@ -6,7 +6,6 @@
 // and bounded (peak RSS, not time: nothing here depends on the machine's
 // speed).
 
-#include <grpcpp/generic/generic_stub.h>
 
 #include <fstream>
 
@@ -33,42 +32,7 @@ uint64_t VmHwmKb(pid_t pid) {
   return 0;
 }
 
-std::string Varint(uint64_t n) {
-  std::string out;
-  while (n >= 0x80) {
-    out += static_cast<char>((n & 0x7f) | 0x80);
-    n >>= 7;
-  }
-  out += static_cast<char>(n);
-  return out;
-}
-
-std::string Field(int number, const std::string& payload) {
-  return Varint(static_cast<uint64_t>(number) << 3 | 2) + Varint(payload.size()) + payload;
-}
-
-grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
-                      const std::string& bytes) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(testing::In(60s));
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status result;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-    std::lock_guard<std::mutex> lock(mu);
-    result = std::move(s);
-    done = true;
-    cv.notify_all();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  return result;
-}
+using testing::WireField;
 
 class HostileMemory : public BrokerTest {
  protected:
@@ -79,7 +43,7 @@ class HostileMemory : public BrokerTest {
     int health = 0;
     EXPECT_TRUE(testing::HealthCheck(ch, "", &health).ok());
     const uint64_t before = VmHwmKb(broker_->pid());
-    *s = RawUnary(ch, "/errand.v1.Jobs/EnqueueBatch", bytes);
+    *s = testing::RawUnaryCall(ch, "/errand.v1.Jobs/EnqueueBatch", bytes, 60s);
     const uint64_t after = VmHwmKb(broker_->pid());
     std::cout << "[ memory ] " << what << ": message " << bytes.size() / 1024 << " KiB, peak RSS "
               << before / 1024 << " -> " << after / 1024 << " MiB (+" << (after - before) / 1024
@@ -90,7 +54,7 @@ class HostileMemory : public BrokerTest {
 
 TEST_F(HostileMemory, MaxBatchOfTinyJobs) {
   std::string batch;
-  for (int i = 0; i < 1000; ++i) batch += Field(1, Field(1, "q") + Field(4, "p"));
+  for (int i = 0; i < 1000; ++i) batch += WireField(1, WireField(1, "q") + WireField(4, "p"));
   grpc::Status s;
   const uint64_t kb = PeakGrowthKb("1000 tiny jobs", batch, &s);
   EXPECT_TRUE(s.ok()) << Show(s);
@@ -103,8 +67,8 @@ TEST_F(HostileMemory, MaxBatchOfTinyJobs) {
 TEST_F(HostileMemory, MaximalMessageOfPayload) {
   // 63 jobs of 1 MiB (--max-payload-bytes) each: just under 64 MiB.
   std::string batch;
-  const std::string job = Field(1, "big") + Field(4, std::string((1 << 20) - 64, 'x'));
-  for (int i = 0; i < 63; ++i) batch += Field(1, job);
+  const std::string job = WireField(1, "big") + WireField(4, std::string((1 << 20) - 64, 'x'));
+  for (int i = 0; i < 63; ++i) batch += WireField(1, job);
   grpc::Status s;
   const uint64_t kb = PeakGrowthKb("63 jobs of 1 MiB", batch, &s);
   EXPECT_TRUE(s.ok()) << Show(s);
@@ -119,7 +83,7 @@ TEST_F(HostileMemory, MaximalMessageOfPayload) {
 TEST_F(HostileMemory, MaximalMessageOfEmptyJobs) {
   // 2 bytes per empty job: about 33 million of them in 64 MiB.
   std::string batch;
-  const std::string job = Field(1, "");
+  const std::string job = WireField(1, "");
   const size_t n = ((64u << 20) - 64) / job.size();
   batch.reserve(n * job.size());
   for (size_t i = 0; i < n; ++i) batch += job;

@@ -59,27 +59,10 @@ class RawStream {
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream_;
 };
 
-// A length-delimited field.
-std::string Field(int number, const std::string& payload) {
-  std::string out;
-  out += static_cast<char>(number << 3 | 2);
-  out += static_cast<char>(payload.size());  // short payloads only
-  return out + payload;
-}
+using testing::WireField;
 
 class HostileStream : public BrokerTest {
  protected:
-  void ExpectHealthy() {
-    int health = 0;
-    grpc::Status hs = testing::HealthCheck(broker_->Channel(), "", &health);
-    EXPECT_TRUE(hs.ok()) << Show(hs);
-    EXPECT_EQ(health, 1);
-    Client c(broker_->Channel());
-    const std::string id = c.MustEnqueue(NewJob("hostile.after", "fine"));
-    ASSERT_FALSE(id.empty());
-    EXPECT_EQ(c.MustGetJob(id).payload(), "fine");
-  }
-
   // Two valid jobs, then `bad`: both jobs are answered and kept, and the
   // stream ends with INVALID_ARGUMENT naming message 3.
   void EnqueueStreamThen(const std::string& queue, const std::string& bad) {
@@ -119,7 +102,7 @@ TEST_F(HostileStream, MalformedMessageOnEnqueueStreamEndsItWithInvalidArgument) 
   // A length that runs past the end of the message.
   EnqueueStreamThen("hostile.s1", std::string("\x12\x10\x0a\x02q", 5));
   // Invalid UTF-8 in the job's queue (a string field).
-  EnqueueStreamThen("hostile.s2", Field(2, Field(1, "q\xff\xfe")));
+  EnqueueStreamThen("hostile.s2", WireField(2, WireField(1, "q\xff\xfe")));
   ExpectHealthy();
 }
 

@@ -4,62 +4,25 @@
 // status whose message names the problem, and afterwards the broker still
 // serves: health, enqueue, get.
 
-#include <grpcpp/generic/generic_stub.h>
 
 #include "e2e/e2e_support.h"
 
 namespace errand::e2e {
 namespace {
 
+using testing::WireField;
+using testing::WireVarint;
+
 // Raw bytes on the wire: the test binary's own protobuf never sees them.
 grpc::Status RawUnary(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
                       const std::string& bytes, std::string* answer = nullptr) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(testing::In(Client::kRpcTimeout));
-  grpc::Slice slice(bytes);
-  grpc::ByteBuffer request(&slice, 1);
-  grpc::ByteBuffer response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status result;
-  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
-    std::lock_guard<std::mutex> lock(mu);
-    result = std::move(s);
-    done = true;
-    cv.notify_all();
-  });
-  std::unique_lock<std::mutex> lock(mu);
-  cv.wait(lock, [&] { return done; });
-  if (answer != nullptr && result.ok()) {
-    std::vector<grpc::Slice> slices;
-    (void)response.Dump(&slices);
-    answer->clear();
-    for (const auto& s : slices) answer->append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  return result;
-}
-
-std::string Varint(uint64_t n) {
-  std::string out;
-  while (n >= 0x80) {
-    out += static_cast<char>((n & 0x7f) | 0x80);
-    n >>= 7;
-  }
-  out += static_cast<char>(n);
-  return out;
-}
-
-// A length-delimited field.
-std::string Field(int number, const std::string& payload) {
-  return Varint(static_cast<uint64_t>(number) << 3 | 2) + Varint(payload.size()) + payload;
+  return testing::RawUnaryCall(channel, method, bytes, Client::kRpcTimeout, answer);
 }
 
 // An unknown group field (number 99) nested `depth` levels deep.
 std::string NestedGroups(int depth) {
-  const std::string start = Varint(99 << 3 | 3);
-  const std::string end = Varint(99 << 3 | 4);
+  const std::string start = WireVarint(99 << 3 | 3);
+  const std::string end = WireVarint(99 << 3 | 4);
   std::string out;
   for (int i = 0; i < depth; ++i) out += start;
   for (int i = 0; i < depth; ++i) out += end;
@@ -85,17 +48,6 @@ class Hostile : public BrokerTest {
             "--max-headers-bytes=4096"};
   }
 
-  // Health, a new job and reading it back, on a fresh connection.
-  void ExpectHealthy() {
-    int health = 0;
-    grpc::Status hs = testing::HealthCheck(broker_->Channel(), "", &health);
-    EXPECT_TRUE(hs.ok()) << Show(hs);
-    EXPECT_EQ(health, 1);
-    Client c(broker_->Channel());
-    const std::string id = c.MustEnqueue(NewJob("hostile.after", "fine"));
-    ASSERT_FALSE(id.empty());
-    EXPECT_EQ(c.MustGetJob(id).payload(), "fine");
-  }
 };
 
 TEST_F(Hostile, MalformedProtobufGetsInvalidArgumentNamingTheMessage) {
@@ -110,18 +62,18 @@ TEST_F(Hostile, MalformedProtobufGetsInvalidArgumentNamingTheMessage) {
   EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Workers/Lease", "\x0f\x01"),
                       {"not a valid errand.v1.LeaseRequest"}));
   // An end-group tag with no start.
-  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Admin/PauseQueue", Varint(5 << 3 | 4)),
+  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Admin/PauseQueue", WireVarint(5 << 3 | 4)),
                       {"not a valid errand.v1.PauseQueueRequest"}));
   // Well-formed bytes of the wrong shape are checked as the message they
   // parse as: here no queue.
-  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/Enqueue", Field(4, "payload only")),
+  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/Enqueue", WireField(4, "payload only")),
                       {"queue is required"}));
   ExpectHealthy();
 }
 
 TEST_F(Hostile, DeeplyNestedProtobufIsRefusedShallowNestingIsIgnored) {
   auto ch = broker_->Channel();
-  const std::string job = Field(1, "hostile.nest") + Field(4, "p");
+  const std::string job = WireField(1, "hostile.nest") + WireField(4, "p");
   // Unknown fields nested 50 deep are within protobuf's limit: skipped.
   std::string answer;
   grpc::Status s = RawUnary(ch, "/errand.v1.Jobs/Enqueue", job + NestedGroups(50), &answer);
@@ -133,7 +85,7 @@ TEST_F(Hostile, DeeplyNestedProtobufIsRefusedShallowNestingIsIgnored) {
   s = RawUnary(ch, "/errand.v1.Jobs/Enqueue", job + NestedGroups(100000));
   EXPECT_TRUE(Invalid(s, {"not a valid errand.v1.EnqueueRequest", "nesting"}));
   // Inside a batch's repeated message field as well.
-  s = RawUnary(ch, "/errand.v1.Jobs/EnqueueBatch", Field(1, job + NestedGroups(1000)));
+  s = RawUnary(ch, "/errand.v1.Jobs/EnqueueBatch", WireField(1, job + NestedGroups(1000)));
   EXPECT_TRUE(Invalid(s, {"not a valid errand.v1.EnqueueBatchRequest"}));
   EXPECT_EQ(client().Stats("hostile.nest").ready(), 1u);
   ExpectHealthy();
@@ -156,11 +108,11 @@ TEST_F(Hostile, InvalidUtf8InNamesIsRefused) {
   auto ch = broker_->Channel();
   const std::string bad = "emails\xff\xfe";
   // Invalid UTF-8 in a proto3 string field fails to parse.
-  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/Enqueue", Field(1, bad)),
+  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/Enqueue", WireField(1, bad)),
                       {"not a valid errand.v1.EnqueueRequest", "UTF-8"}));
-  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Events/Publish", Field(1, bad)),
+  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Events/Publish", WireField(1, bad)),
                       {"not a valid errand.v1.PublishRequest", "UTF-8"}));
-  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/GetJob", Field(1, "\xc3\x28")),
+  EXPECT_TRUE(Invalid(RawUnary(ch, "/errand.v1.Jobs/GetJob", WireField(1, "\xc3\x28")),
                       {"not a valid errand.v1.GetJobRequest"}));
   // Valid UTF-8 outside the allowed characters: named, and shown escaped.
   v1::EnqueueResponse resp;
@@ -221,7 +173,7 @@ TEST_F(Hostile, BatchOfManyTinyJobsBeyondMaxBatchIsRefused) {
   EXPECT_TRUE(Invalid(s, {"jobs has 101 entries", "the limit is 100", "--max-batch"}));
   // Far more (600,000 jobs of 2 bytes each) than one message may hold.
   std::string many;
-  for (int i = 0; i < 600000; ++i) many += Field(1, "");
+  for (int i = 0; i < 600000; ++i) many += WireField(1, "");
   s = RawUnary(broker_->Channel(), "/errand.v1.Jobs/EnqueueBatch", many);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << Show(s);
   EXPECT_EQ(TotalJobs(client().Stats("hostile.batch")), 0u);
@@ -234,9 +186,9 @@ class HostileDefaults : public BrokerTest {};
 
 TEST_F(HostileDefaults, MillionTinyJobsInOneBatchAreRefusedByMaxBatch) {
   std::string many;
-  const std::string job = Field(1, "q");
+  const std::string job = WireField(1, "q");
   many.reserve(job.size() * 1'000'000 + 8);
-  for (int i = 0; i < 1'000'000; ++i) many += Field(1, job);
+  for (int i = 0; i < 1'000'000; ++i) many += WireField(1, job);
   grpc::Status s = RawUnary(broker_->Channel(), "/errand.v1.Jobs/EnqueueBatch", many);
   EXPECT_TRUE(Invalid(s, {"jobs has 1000000 entries", "the limit is 1000", "--max-batch"}));
   EXPECT_EQ(TotalJobs(client().Stats("q")), 0u);

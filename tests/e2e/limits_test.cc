@@ -215,18 +215,6 @@ grpc::Status Until(grpc::StatusCode want, const std::function<grpc::Status()>& c
   return ::testing::AssertionFailure() << "open_long_polls is " << seen << ", expected " << n;
 }
 
-// The broker still serves: health, enqueue, get.
-void ExpectHealthy(testing::BrokerProcess& broker) {
-  int health = 0;
-  grpc::Status hs = testing::HealthCheck(broker.Channel(), "", &health);
-  EXPECT_TRUE(hs.ok()) << Show(hs);
-  EXPECT_EQ(health, 1);
-  Client c(broker.Channel());
-  std::string id = c.MustEnqueue(NewJob("limits.after", "still here"));
-  ASSERT_FALSE(id.empty());
-  EXPECT_EQ(c.MustGetJob(id).payload(), "still here");
-}
-
 class LimitsStreamsPerConnection : public BrokerTest {
  protected:
   std::vector<std::string> BrokerFlags() const override {
@@ -257,7 +245,7 @@ TEST_F(LimitsStreamsPerConnection, ThirdStreamOnOneConnectionIsRefusedAndFreedWh
   s1.reset();
   grpc::Status st = Until(grpc::StatusCode::OK, [&] { return EnqueueStreamRoundTrip(*a); });
   EXPECT_TRUE(st.ok()) << Show(st);
-  ExpectHealthy(*broker_);
+  ExpectHealthy("limits.after", "still here");
 }
 
 class LimitsStreamsTotal : public BrokerTest {
@@ -296,7 +284,7 @@ TEST_F(LimitsStreamsTotal, StreamsBeyondTheTotalAreRefusedOnAnyConnection) {
     return end;
   });
   EXPECT_TRUE(st.ok()) << Show(st);
-  ExpectHealthy(*broker_);
+  ExpectHealthy("limits.after", "still here");
 }
 
 class LimitsSubscribers : public BrokerTest {
@@ -334,7 +322,7 @@ TEST_F(LimitsSubscribers, SubscribersBeyondTheLimitAreRefusedOtherStreamsAreNot)
     return e;
   });
   EXPECT_TRUE(st.ok()) << Show(st);
-  ExpectHealthy(*broker_);
+  ExpectHealthy("limits.after", "still here");
 }
 
 class LimitsLongPollsPerConnection : public BrokerTest {
@@ -376,7 +364,7 @@ TEST_F(LimitsLongPollsPerConnection, ThirdLongPollIsRefusedAndFreedWhenOneEnds) 
   EXPECT_TRUE(LongPollsOpen(client(), 1));
   st = Until(grpc::StatusCode::OK, [&] { return QuickWaitJob(*a, id); });
   EXPECT_TRUE(st.ok()) << Show(st);
-  ExpectHealthy(*broker_);
+  ExpectHealthy("limits.after", "still here");
 }
 
 class LimitsLongPollsTotal : public BrokerTest {
@@ -404,7 +392,7 @@ TEST_F(LimitsLongPollsTotal, LongPollsBeyondTheTotalAreRefusedAndFreedWhenOneAns
   st = Until(grpc::StatusCode::OK, [&] { return QuickWaitJob(*c3, id); });
   EXPECT_TRUE(st.ok()) << Show(st);
   EXPECT_FALSE(w1->done());
-  ExpectHealthy(*broker_);
+  ExpectHealthy("limits.after", "still here");
 }
 
 }  // namespace

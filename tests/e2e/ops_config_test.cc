@@ -17,12 +17,6 @@
 namespace errand::e2e {
 namespace {
 
-#define EXPECT_CONTAINS(hay, needle)                                           \
-  EXPECT_NE(std::string(hay).find(needle), std::string::npos) << "missing: " \
-                                                              << (needle) << "\nin: " << (hay)
-#define EXPECT_NOT_CONTAINS(hay, needle) \
-  EXPECT_EQ(std::string(hay).find(needle), std::string::npos) << "unexpected: " << (needle)
-
 // Sets an environment variable for the scope (the broker process started in
 // it inherits it).
 class ScopedEnv {

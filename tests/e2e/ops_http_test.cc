@@ -14,13 +14,6 @@
 namespace errand::e2e {
 namespace {
 
-// Substring checks (the e2e binary links gtest without gmock).
-#define EXPECT_CONTAINS(hay, needle)                                           \
-  EXPECT_NE(std::string(hay).find(needle), std::string::npos) << "missing: " \
-                                                              << (needle) << "\nin: " << (hay)
-#define EXPECT_NOT_CONTAINS(hay, needle) \
-  EXPECT_EQ(std::string(hay).find(needle), std::string::npos) << "unexpected: " << (needle)
-
 class OpsHttpE2E : public BrokerTest {
  protected:
   std::string Scrape() {

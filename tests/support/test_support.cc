@@ -158,32 +158,60 @@ std::string BrokerProcess::Log() const {
   return ss.str();
 }
 
-namespace {
-
-// HealthCheckRequest { string service = 1; } in wire format.
-grpc::ByteBuffer EncodeHealthRequest(const std::string& service) {
-  std::string wire;
-  if (!service.empty()) {
-    wire.push_back(0x0a);  // field 1, length-delimited
-    size_t n = service.size();
-    while (n >= 0x80) {
-      wire.push_back(static_cast<char>((n & 0x7f) | 0x80));
-      n >>= 7;
-    }
-    wire.push_back(static_cast<char>(n));
-    wire += service;
+std::string WireVarint(uint64_t n) {
+  std::string out;
+  while (n >= 0x80) {
+    out += static_cast<char>((n & 0x7f) | 0x80);
+    n >>= 7;
   }
-  grpc::Slice slice(wire);
-  return grpc::ByteBuffer(&slice, 1);
+  out += static_cast<char>(n);
+  return out;
 }
+
+std::string WireField(int number, const std::string& payload) {
+  return WireVarint(static_cast<uint64_t>(number) << 3 | 2) + WireVarint(payload.size()) + payload;
+}
+
+grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                          const std::string& request, std::chrono::milliseconds timeout,
+                          std::string* response) {
+  grpc::GenericStub stub(channel);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(timeout));
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1);
+  grpc::ByteBuffer response_buffer;
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  grpc::Status result;
+  stub.UnaryCall(&ctx, method, grpc::StubOptions(), &request_buffer, &response_buffer,
+                 [&](grpc::Status s) {
+                   std::lock_guard<std::mutex> lock(mu);
+                   result = std::move(s);
+                   done = true;
+                   cv.notify_all();
+                 });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return done; });
+  }
+  if (response != nullptr && result.ok()) {
+    std::vector<grpc::Slice> slices;
+    (void)response_buffer.Dump(&slices);
+    response->clear();
+    for (const auto& sl : slices) {
+      response->append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    }
+  }
+  return result;
+}
+
+namespace {
 
 // HealthCheckResponse { ServingStatus status = 1; }: returns false when the
 // bytes are not a well-formed message.
-bool DecodeHealthResponse(const grpc::ByteBuffer& buffer, int* status) {
-  std::vector<grpc::Slice> slices;
-  if (!buffer.Dump(&slices).ok()) return false;
-  std::string wire;
-  for (const auto& s : slices) wire.append(reinterpret_cast<const char*>(s.begin()), s.size());
+bool DecodeHealthResponse(const std::string& wire, int* status) {
   *status = 0;
   size_t i = 0;
   auto varint = [&](uint64_t* v) {
@@ -219,26 +247,11 @@ bool DecodeHealthResponse(const grpc::ByteBuffer& buffer, int* status) {
 
 grpc::Status HealthCheck(const std::shared_ptr<grpc::Channel>& channel, const std::string& service,
                          int* status, std::chrono::milliseconds timeout) {
-  grpc::GenericStub stub(channel);
-  grpc::ClientContext ctx;
-  ctx.set_deadline(In(timeout));
-  grpc::ByteBuffer request = EncodeHealthRequest(service);
-  grpc::ByteBuffer response;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool done = false;
-  grpc::Status result;
-  stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
-                 [&](grpc::Status s) {
-                   std::lock_guard<std::mutex> lock(mu);
-                   result = std::move(s);
-                   done = true;
-                   cv.notify_all();
-                 });
-  {
-    std::unique_lock<std::mutex> lock(mu);
-    cv.wait(lock, [&] { return done; });
-  }
+  // HealthCheckRequest { string service = 1; }.
+  const std::string request = service.empty() ? std::string() : WireField(1, service);
+  std::string response;
+  grpc::Status result =
+      RawUnaryCall(channel, "/grpc.health.v1.Health/Check", request, timeout, &response);
   if (result.ok() && !DecodeHealthResponse(response, status)) {
     return grpc::Status(grpc::StatusCode::INTERNAL, "malformed HealthCheckResponse");
   }

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -83,6 +84,18 @@ class BrokerProcess {
   int http_port_ = 0;
   std::shared_ptr<grpc::ChannelCredentials> credentials_;
 };
+
+// Protobuf wire format by hand, for raw requests: a varint, and a
+// length-delimited field (tag `number`, wire type 2) holding `payload`.
+std::string WireVarint(uint64_t n);
+std::string WireField(int number, const std::string& payload);
+
+// One unary call of `method` (e.g. "/errand.v1.Jobs/Enqueue") with `request`
+// as its bytes, through grpc::GenericStub: nothing is parsed on this side.
+// On OK the answer's bytes go to `response` when it is not null.
+grpc::Status RawUnaryCall(const std::shared_ptr<grpc::Channel>& channel, const std::string& method,
+                          const std::string& request, std::chrono::milliseconds timeout,
+                          std::string* response = nullptr);
 
 // grpc.health.v1.Health/Check over a generic call (the test binaries carry no
 // health descriptors). `service` empty asks for the server as a whole. On OK,

@@ -19,39 +19,13 @@
 #include "commit/commit_pipeline.h"
 #include "store/job_store.h"
 #include "store/keys.h"
+#include "support/inbox.h"
 #include "support/test_support.h"
 
 namespace errand::commit {
 namespace {
 
-// Closures posted by the pipeline, run by the test thread.
-class Inbox {
- public:
-  CommitPipeline::Post Poster() {
-    return [this](std::function<void()> fn) {
-      absl::MutexLock lock(&mu_);
-      closures_.push_back(std::move(fn));
-    };
-  }
-  bool RunUntil(const std::function<bool()>& done) {
-    const absl::Time deadline = absl::Now() + absl::Seconds(20);
-    while (!done()) {
-      std::deque<std::function<void()>> batch;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !closures_.empty(); };
-        if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return done();
-        batch.swap(closures_);
-      }
-      for (auto& fn : batch) fn();
-    }
-    return true;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> closures_ ABSL_GUARDED_BY(mu_);
-};
+using testing::Inbox;
 
 // A file system whose writable files refuse appends with "no space" while
 // `full` is set.

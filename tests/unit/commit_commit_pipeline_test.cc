@@ -16,6 +16,7 @@
 
 #include "store/job_store.h"
 #include "store/keys.h"
+#include "support/inbox.h"
 #include "support/test_support.h"
 #include "util/time.h"
 
@@ -24,37 +25,7 @@ namespace {
 
 using std::chrono::milliseconds;
 
-// Stands in for the broker's core thread: the pipeline posts result closures
-// here and the test thread runs them.
-class Inbox {
- public:
-  CommitPipeline::Post Poster() {
-    return [this](std::function<void()> fn) {
-      absl::MutexLock lock(&mu_);
-      closures_.push_back(std::move(fn));
-    };
-  }
-
-  // Runs posted closures until `done()` holds; false if `timeout` passes first.
-  bool RunUntil(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(20)) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (!done()) {
-      std::deque<std::function<void()>> batch;
-      {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !closures_.empty(); };
-        if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) return done();
-        batch.swap(closures_);
-      }
-      for (auto& fn : batch) fn();
-    }
-    return true;
-  }
-
- private:
-  absl::Mutex mu_;
-  std::deque<std::function<void()>> closures_ ABSL_GUARDED_BY(mu_);
-};
+using testing::Inbox;
 
 Mutation JobWrite(uint64_t id, const std::string& value, bool sync = true) {
   Mutation m;
