@@ -117,9 +117,9 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     eopts.request_compaction = [store_ptr] { store_ptr->RequestJobsCompaction(); };
   }
   eopts.sync_by_default = config.commit == commit::SyncMode::kAlways;
-  b->engine_ = std::make_unique<dispatch::Engine>(b->core_, b->clock_, b->pipeline_.get(), eopts,
+  b->engine_ = std::make_unique<dispatch::Engine>(b->core_, b->clock_, *b->store_, b->pipeline_.get(), eopts,
                                                   b->store_->boot_epoch());
-  if (auto s = b->engine_->Recover(*b->store_); !s.ok()) return s;
+  if (auto s = b->engine_->Recover(); !s.ok()) return s;
   b->hub_ = std::make_unique<hub::EventHub>(b->core_, b->readers_, b->store_.get(),
                                             b->pipeline_.get(), hub::EventHub::Options{},
                                             *last_seq);

@@ -1,4 +1,5 @@
 // errand-broker: the durable job broker daemon.
+#include <malloc.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -29,6 +30,12 @@ bool ParseDurationFlag(const std::string& text, std::chrono::microseconds bare_u
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Blocks of 256 KiB and more (RocksDB's memtable blocks, large messages)
+  // get their own mappings, given back to the system when freed. glibc's
+  // default raises this threshold after the first such free, and freed
+  // memtables then leave holes of megabytes in the heap that a broker
+  // holding a million jobs never gives back (~40 MB measured).
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
   errand::Config config;
   CLI::App app{
       "errand-broker: a durable job broker with pub/sub.\n\n"

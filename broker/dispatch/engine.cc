@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "store/keys.h"
+#include "util/fixed_pool.h"
 #include "util/time.h"
 
 namespace errand::dispatch {
@@ -22,17 +23,42 @@ bool IsTerminal(v1::JobState s) {
 }
 
 
-Engine::Engine(asio::io_context& core, const util::Clock& clock,
+Engine::Engine(asio::io_context& core, const util::Clock& clock, store::JobStore& store,
                commit::CommitPipeline* pipeline, EngineOptions options, uint64_t boot_epoch)
     : core_(core),
       clock_(clock),
+      store_(store),
       pipeline_(pipeline),
       options_(options),
       boot_epoch_(boot_epoch),
       rng_(std::random_device{}()),
       timer_(core) {}
 
-Engine::~Engine() = default;
+Engine::~Engine() {
+  for (JobEntry* e : jobs_) delete e;
+}
+
+namespace {
+
+// One pool per entry type, never destroyed (an engine's entries may be
+// deleted during static destruction).
+template <typename T>
+util::FixedPool<sizeof(T), alignof(T)>& PoolOf() {
+  static auto* pool = new util::FixedPool<sizeof(T), alignof(T)>();
+  return *pool;
+}
+
+}  // namespace
+
+void* Engine::JobEntry::operator new(size_t size) {
+  assert(size == sizeof(JobEntry));
+  (void)size;
+  return PoolOf<JobEntry>().Allocate();
+}
+
+void Engine::JobEntry::operator delete(void* p) {
+  if (p != nullptr) PoolOf<JobEntry>().Free(p);
+}
 
 Engine::QueueState& Engine::Queue(const std::string& name) {
   auto [it, inserted] = queues_.try_emplace(name);
@@ -42,7 +68,7 @@ Engine::QueueState& Engine::Queue(const std::string& name) {
 
 Engine::JobEntry* Engine::Find(uint64_t id) const {
   auto it = jobs_.find(id);
-  return it == jobs_.end() ? nullptr : it->second.get();
+  return it == jobs_.end() ? nullptr : *it;
 }
 
 uint64_t Engine::NextJobId() {
@@ -59,9 +85,9 @@ uint64_t Engine::NextJobId() {
 // ---------------------------------------------------------------------------
 // Recovery and lifecycle.
 
-absl::Status Engine::Recover(store::JobStore& store) {
+absl::Status Engine::Recover() {
   const auto now = clock_.Now();
-  absl::Status qs = store.ForEachQueue([&](store::QueueRecord&& rec) -> absl::Status {
+  absl::Status qs = store_.ForEachQueue([&](store::QueueRecord&& rec) -> absl::Status {
     QueueState& q = Queue(rec.name());
     q.paused = rec.paused();
     q.max_leased_per_key = rec.max_leased_per_key();
@@ -70,20 +96,15 @@ absl::Status Engine::Recover(store::JobStore& store) {
   });
   if (!qs.ok()) return qs;
   QueueState* last_queue = nullptr;  // jobs of one queue tend to come in runs
-  std::string job_bytes;
-  return store.ForEachJobWithBytes([&](uint64_t id, store::JobRecord&& rec,
-                                       std::string_view bytes) -> absl::Status {
+  return store_.ForEachJob([&](uint64_t id, store::JobRecord&& rec) -> absl::Status {
     const v1::Job& job = rec.job();
     if (job.id() != store::FormatJobId(id)) {
       return absl::DataLossError("job record " + store::FormatJobId(id) + " names id " +
                                  job.id());
     }
-    if (!JobBytesOfRecord(bytes, &job_bytes)) {
-      return absl::DataLossError("job record " + store::FormatJobId(id) + " is corrupt");
-    }
     auto entry = std::make_unique<JobEntry>();
     entry->id = id;
-    entry->job.Adopt(job, job_bytes);
+    entry->job.Track(job);  // the record stays in the store
     if (last_queue == nullptr || last_queue->name != job.queue()) {
       last_queue = &Queue(job.queue());
     }
@@ -91,7 +112,7 @@ absl::Status Engine::Recover(store::JobStore& store) {
     entry->run_at = FromProto(job.run_at());
     last_job_id_ = std::max(last_job_id_, id);
     JobEntry& e = *entry;
-    jobs_.emplace(id, std::move(entry));
+    jobs_.insert(entry.release());
     e.queue->counts[e.job.state()]++;
     e.queue->ids.insert(e.queue->ids.end(), id);  // ids come in order
     if (!job.idempotency_key().empty()) {
@@ -199,6 +220,7 @@ void Engine::ApplyJob(JobEntry& e, const v1::Job& job) {
   v1::JobState old_state = e.job.state();
   v1::JobState new_state = job.state();
   e.job.Pack(job);
+  e.pinned = false;  // the store's record is this job
   e.job.set_state(old_state);
   SetState(e, new_state);
   e.run_at = FromProto(job.run_at());
@@ -206,12 +228,62 @@ void Engine::ApplyJob(JobEntry& e, const v1::Job& job) {
   if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
 }
 
-v1::Job Engine::Load(const JobEntry& e) const {
+v1::Job Engine::Held(const JobEntry& e) const {
   v1::Job job = e.job.Unpack();
   if (job.state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
     *job.mutable_lease_deadline() = ToProto(e.lease_deadline);
   }
   return job;
+}
+
+namespace {
+
+// The stored record of job `id`: `bytes` gets its v1::Job's bytes, `job`
+// the job parsed.
+absl::Status ReadJob(store::JobStore& store, uint64_t id, std::string* bytes, v1::Job* job) {
+  auto record = store.GetJobBytes(id);
+  if (!record.ok()) return record.status();
+  if (!record->has_value()) {
+    // Memory has the job, so the store must: its record is only deleted
+    // by a write that then removes it from memory.
+    return absl::DataLossError("job " + store::FormatJobId(id) +
+                               " has no record in the store");
+  }
+  if (!JobBytesOfRecord(**record, bytes) || !job->ParseFromString(*bytes)) {
+    return absl::DataLossError("job record " + store::FormatJobId(id) + " is corrupt");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<v1::Job> Engine::Load(const JobEntry& e) const {
+  if (e.job.held()) return Held(e);
+  std::string bytes;
+  v1::Job job;
+  if (absl::Status s = ReadJob(store_, e.id, &bytes, &job); !s.ok()) return s;
+  // The state in memory may be ahead of the record (SCHEDULED promoted to
+  // READY). A job not held is not LEASED: no lease deadline to show.
+  job.set_state(e.job.state());
+  return job;
+}
+
+absl::StatusOr<v1::Job> Engine::Hold(JobEntry& e) {
+  if (e.job.held()) return Held(e);
+  std::string bytes;
+  v1::Job job;
+  if (absl::Status s = ReadJob(store_, e.id, &bytes, &job); !s.ok()) return s;
+  e.job.Hold(bytes);
+  job.set_state(e.job.state());
+  if (job.state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
+    *job.mutable_lease_deadline() = ToProto(e.lease_deadline);
+  }
+  return job;
+}
+
+void Engine::Settle(JobEntry& e) {
+  if (e.busy || e.pinned || e.job.state() == v1::JOB_STATE_LEASED) return;
+  e.job.Drop();
 }
 
 uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDone done) {
@@ -296,6 +368,7 @@ v1::Event Engine::MakeEvent(const v1::Job& job, v1::EventType type) const {
 void Engine::CommitJob(JobEntry& e, v1::Job job, v1::EventType type, bool sync,
                        std::function<void(const absl::Status&, JobEntry&)> then) {
   assert(!e.busy);
+  assert(e.job.held());  // by Hold(): reads meanwhile show the job as it was
   e.busy = true;
   const uint64_t id = e.id;
   uint64_t token = job.state() == v1::JOB_STATE_LEASED ? e.lease_token : 0;
@@ -304,10 +377,15 @@ void Engine::CommitJob(JobEntry& e, v1::Job job, v1::EventType type, bool sync,
                                       commit::CommitResult&& r) mutable {
     JobEntry* e = Find(id);
     assert(e != nullptr);
-    if (r.status.ok()) ApplyJob(*e, std::move(job));
+    if (r.status.ok()) {
+      ApplyJob(*e, std::move(job));
+    } else {
+      e->pinned = true;
+    }
     e->busy = false;
     then(r.status, *e);
     ReleaseJob(*e);
+    if (JobEntry* f = Find(id)) Settle(*f);
     ArmTimers();  // e.g. a finished job's retention deadline
   });
 }
@@ -476,9 +554,9 @@ void Engine::Enqueue(std::vector<v1::EnqueueRequest> requests, v1::Durability du
       entry->id = store::ParseJobId(job.id()).value();
       entry->queue = &Queue(job.queue());
       entry->run_at = FromProto(job.run_at());
-      entry->job.Pack(job);
+      entry->job.Track(job);  // the record is in the store now
       JobEntry& e = *entry;
-      jobs_.emplace(e.id, std::move(entry));
+      jobs_.insert(entry.release());
       e.queue->counts[e.job.state()]++;
       e.queue->total_enqueued++;
       e.queue->ids.insert(e.id);
@@ -515,7 +593,7 @@ const std::string* Engine::JobQueue(uint64_t id) const {
 absl::StatusOr<v1::Job> Engine::GetJob(uint64_t id) const {
   JobEntry* e = Find(id);
   if (e == nullptr) return absl::NotFoundError("job " + store::FormatJobId(id) + " not found");
-  return Load(*e);
+  return Load(*e);  // a read from the store unless the job is held
 }
 
 // ---------------------------------------------------------------------------
@@ -626,6 +704,23 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     done(std::vector<v1::Lease>());
     return;
   }
+  // The whole jobs, from the store: a job that cannot be read fails the
+  // call, and every picked job goes back to its place.
+  std::vector<v1::Job> loaded;
+  loaded.reserve(picked.size());
+  for (JobEntry* e : picked) {
+    auto job = Hold(*e);
+    if (!job.ok()) {
+      spdlog::error("lease: {}", job.status().ToString());
+      for (JobEntry* p : picked) {
+        UnpickJob(*p);
+        Settle(*p);
+      }
+      done(job.status());
+      return;
+    }
+    loaded.push_back(std::move(*job));
+  }
 
   const auto now = clock_.Now();
   commit::Mutation m;
@@ -641,9 +736,10 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     v1::Job job;
   };
   auto picks = std::make_shared<std::vector<Pick>>();
-  for (JobEntry* e : picked) {
+  for (size_t i = 0; i < picked.size(); ++i) {
+    JobEntry* e = picked[i];
     e->busy = true;
-    v1::Job job = Load(*e);
+    v1::Job job = std::move(loaded[i]);
     job.set_state(v1::JOB_STATE_LEASED);
     job.set_attempts(job.attempts() + 1);
     job.set_cancel_requested(false);
@@ -683,14 +779,9 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
         *lease.mutable_deadline() = ToProto(p.deadline);
         leases.push_back(std::move(lease));
       } else {
-        // Nothing was written: the job is ready again, in its old place.
-        if (!e->job.concurrency_key().empty()) {
-          auto it = e->queue->leased_by_key.find(e->job.concurrency_key());
-          if (it != e->queue->leased_by_key.end() && --it->second == 0) {
-            e->queue->leased_by_key.erase(it);
-          }
-        }
-        ReadyPush(*e);
+        // The job is ready again, in its old place.
+        e->pinned = true;
+        UnpickJob(*e);
         requeued.push_back(e->queue);
       }
     }
@@ -701,10 +792,21 @@ void Engine::StartLease(LeaseSpec spec, LeaseDone done) {
     }
     for (Pick& p : *picks) {
       if (JobEntry* e = Find(p.id)) ReleaseJob(*e);
+      if (JobEntry* e = Find(p.id)) Settle(*e);
     }
     for (QueueState* q : requeued) Dispatch(*q);
     ArmTimers();
   });
+}
+
+void Engine::UnpickJob(JobEntry& e) {
+  if (!e.job.concurrency_key().empty()) {
+    auto it = e.queue->leased_by_key.find(e.job.concurrency_key());
+    if (it != e.queue->leased_by_key.end() && --it->second == 0) {
+      e.queue->leased_by_key.erase(it);
+    }
+  }
+  ReadyPush(e);
 }
 
 // ---------------------------------------------------------------------------
@@ -749,11 +851,9 @@ BackoffPolicy Engine::PolicyOf(const v1::Job& job) const {
   return p;
 }
 
-v1::Job Engine::EndAttempt(const JobEntry& e, v1::AttemptOutcome outcome,
-                           const std::string& error, microseconds retry_after,
-                           bool non_retryable, bool immediate_retry) {
+v1::Job Engine::EndAttempt(v1::Job job, v1::AttemptOutcome outcome, const std::string& error,
+                           microseconds retry_after, bool non_retryable, bool immediate_retry) {
   const auto now = clock_.Now();
-  v1::Job job = Load(e);
   *job.mutable_updated_at() = ToProto(now);
   job.clear_lease_deadline();
   job.set_error(Truncate(error));
@@ -804,7 +904,12 @@ void Engine::Complete(uint64_t id, uint64_t lease_token, std::string result, Job
       return;
     }
     const auto now = clock_.Now();
-    v1::Job job = Load(e);
+    auto held = Hold(e);
+    if (!held.ok()) {
+      done(held.status());
+      return;
+    }
+    v1::Job job = std::move(*held);
     job.set_state(v1::JOB_STATE_SUCCEEDED);
     job.set_result(std::move(result));
     job.clear_error();
@@ -852,10 +957,15 @@ void Engine::Fail(uint64_t id, uint64_t lease_token, FailSpec spec, JobDone done
       done(s);
       return;
     }
+    auto held = Hold(e);
+    if (!held.ok()) {
+      done(held.status());
+      return;
+    }
     const bool cancelled = e.job.cancel_requested();
-    v1::Job job = cancelled ? CancelledJob(e, spec.error)
-                            : EndAttempt(e, v1::ATTEMPT_OUTCOME_FAILED, spec.error,
-                                         spec.retry_after, spec.non_retryable,
+    v1::Job job = cancelled ? CancelledJob(std::move(*held), spec.error)
+                            : EndAttempt(std::move(*held), v1::ATTEMPT_OUTCOME_FAILED,
+                                         spec.error, spec.retry_after, spec.non_retryable,
                                          /*immediate_retry=*/false);
     v1::EventType type = cancelled                              ? v1::EVENT_TYPE_CANCELLED
                          : job.state() == v1::JOB_STATE_DEAD ? v1::EVENT_TYPE_DEAD
@@ -903,8 +1013,13 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
       return;
     }
     const auto now = clock_.Now();
-    microseconds by = extend_by.count() > 0 ? extend_by
-                                            : DurationFromProto(e.job.Unpack().lease_duration());
+    auto held = Hold(e);  // LEASED: held already
+    if (!held.ok()) {
+      done(held.status());
+      return;
+    }
+    microseconds by =
+        extend_by.count() > 0 ? extend_by : DurationFromProto(held->lease_duration());
     auto deadline = now + by;
     auto apply_deadline = [this, deadline](JobEntry& e) {
       leases_.Remove(e.lease_deadline, e.id);
@@ -917,7 +1032,7 @@ void Engine::Extend(uint64_t id, uint64_t lease_token, microseconds extend_by,
       done(ExtendOutcome{deadline, e.job.cancel_requested()});
       return;
     }
-    v1::Job job = Load(e);
+    v1::Job job = std::move(*held);
     *progress->mutable_updated_at() = ToProto(now);
     *job.mutable_progress() = std::move(*progress);
     *job.mutable_updated_at() = ToProto(now);
@@ -963,9 +1078,20 @@ void Engine::ExpireLease(uint64_t id, v1::AttemptOutcome outcome) {
                       : outcome == v1::ATTEMPT_OUTCOME_WORKER_LOST
                           ? "the worker's Connect stream dropped and the grace period passed"
                           : "lease expired without Complete, Fail or Extend";
+    auto held = Hold(e);
+    if (!held.ok()) {
+      // Try again at the next tick, as after a failed write below.
+      spdlog::error("ending the lease of job {}: {}", store::FormatJobId(e.id),
+                    held.status().ToString());
+      leases_.Remove(e.lease_deadline, e.id);
+      e.lease_deadline = clock_.Now() + std::chrono::seconds(1);
+      leases_.Add(e.lease_deadline, e.id);
+      ArmTimers();
+      return;
+    }
     const bool cancelled = e.job.cancel_requested();
-    v1::Job job = cancelled ? CancelledJob(e, why)
-                            : EndAttempt(e, outcome, why, microseconds(0), false,
+    v1::Job job = cancelled ? CancelledJob(std::move(*held), why)
+                            : EndAttempt(std::move(*held), outcome, why, microseconds(0), false,
                                          /*immediate_retry=*/true);
     leases_.Remove(e.lease_deadline, e.id);
     e.lease_token = 0;  // no token of the ended lease is valid any more
@@ -1064,25 +1190,24 @@ void Engine::ArmTimers() {
 
 void Engine::ReadyPush(JobEntry& e) {
   ReadyQueue::Entry entry{e.job.priority(), e.ready_seq, e.id};
-  e.queue->ready.Push(entry);
-  e.queue->ready_by_key.try_emplace(e.job.concurrency_key(), /*track_oldest=*/false)
-      .first->second.Push(entry);
+  e.queue->ready_by_key[e.job.concurrency_key()].Push(entry);
+  e.queue->ready_by_seq.emplace(e.ready_seq, e.id);
 }
 
 bool Engine::ReadyErase(JobEntry& e) {
-  ReadyQueue::Entry entry{e.job.priority(), e.ready_seq, e.id};
-  if (!e.queue->ready.Erase(entry)) return false;
   auto it = e.queue->ready_by_key.find(e.job.concurrency_key());
-  if (it != e.queue->ready_by_key.end()) {
-    it->second.Erase(entry);
-    if (it->second.empty()) e.queue->ready_by_key.erase(it);
-  }
+  if (it == e.queue->ready_by_key.end()) return false;
+  if (!it->second.Erase(ReadyQueue::Entry{e.job.priority(), e.ready_seq, e.id})) return false;
+  if (it->second.empty()) e.queue->ready_by_key.erase(it);
+  e.queue->ready_by_seq.erase(e.ready_seq);
   return true;
 }
 
 std::optional<ReadyQueue::Entry> Engine::PickNext(const QueueState& q) const {
-  if (q.paused || q.ready.empty()) return std::nullopt;
-  if (q.max_leased_per_key == 0 && q.ready_by_key.size() <= 1) return q.ready.Front();
+  if (q.paused || q.ready_by_key.empty()) return std::nullopt;
+  if (q.max_leased_per_key == 0 && q.ready_by_key.size() == 1) {
+    return q.ready_by_key.begin()->second.Front();
+  }
   // Keys take turns, starting after the last one served; the highest
   // priority wins, and among equals the first key in turn.
   std::optional<ReadyQueue::Entry> best;
@@ -1104,9 +1229,8 @@ std::optional<ReadyQueue::Entry> Engine::PickNext(const QueueState& q) const {
 // ---------------------------------------------------------------------------
 // Cancel.
 
-v1::Job Engine::CancelledJob(const JobEntry& e, const std::string& attempt_error) const {
+v1::Job Engine::CancelledJob(v1::Job job, const std::string& attempt_error) const {
   const auto now = clock_.Now();
-  v1::Job job = Load(e);
   job.set_state(v1::JOB_STATE_CANCELLED);
   job.clear_lease_deadline();
   *job.mutable_updated_at() = ToProto(now);
@@ -1147,7 +1271,12 @@ void Engine::Cancel(uint64_t id, std::string reason, JobDone done) {
       return;
     }
     const auto now = clock_.Now();
-    v1::Job job = Load(e);
+    auto held = Hold(e);
+    if (!held.ok()) {
+      done(held.status());
+      return;
+    }
+    v1::Job job = std::move(*held);
     *job.mutable_updated_at() = ToProto(now);
     job.set_error(reason);
     if (state == v1::JOB_STATE_LEASED) {
@@ -1278,20 +1407,28 @@ void Engine::Purge(const std::string& queue, CountDone done) {
   constexpr size_t kChunk = 1000;
   const auto now = clock_.Now();
   for (size_t at = 0; at < victims.size(); at += kChunk) {
-    auto ids = std::make_shared<std::vector<uint64_t>>(
-        victims.begin() + static_cast<ptrdiff_t>(at),
-        victims.begin() + static_cast<ptrdiff_t>(std::min(victims.size(), at + kChunk)));
+    auto ids = std::make_shared<std::vector<uint64_t>>();
     commit::Mutation m;
     m.sync = options_.sync_by_default;
-    for (uint64_t id : *ids) {
-      JobEntry& e = *Find(id);
+    for (size_t i = at; i < std::min(victims.size(), at + kChunk); ++i) {
+      JobEntry& e = *Find(victims[i]);
+      // Held while the deletion is in flight (reads meanwhile, and EraseJob,
+      // need the job, which the store then no longer has).
+      auto held = Hold(e);
+      if (!held.ok()) {
+        spdlog::error("purge of queue {}: {}", queue, held.status().ToString());
+        if (progress->error.ok()) progress->error = held.status();
+        continue;
+      }
       ReadyErase(e);
       e.busy = true;
-      m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
-      v1::Event ev = MakeEvent(Load(e), v1::EVENT_TYPE_DELETED);
+      ids->push_back(e.id);
+      m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(e.id), std::nullopt});
+      v1::Event ev = MakeEvent(*held, v1::EVENT_TYPE_DELETED);
       *ev.mutable_time() = ToProto(now);
       m.events.push_back(std::move(ev));
     }
+    if (ids->empty()) continue;
     progress->writes++;
     pipeline_->Submit(std::move(m), [this, ids, progress](commit::CommitResult&& r) {
       std::vector<QueueState*> touched;
@@ -1303,9 +1440,11 @@ void Engine::Purge(const std::string& queue, CountDone done) {
           EraseJob(id);
           progress->purged++;
         } else {
+          e->pinned = true;
           if (e->job.state() == v1::JOB_STATE_READY) ReadyPush(*e);
           touched.push_back(e->queue);
           ReleaseJob(*e);
+          if (JobEntry* f = Find(id)) Settle(*f);
         }
       }
       if (r.status.ok()) {
@@ -1323,12 +1462,13 @@ void Engine::Purge(const std::string& queue, CountDone done) {
       }
     });
   }
+  if (progress->writes == 0) progress->done(progress->error);  // no job could be read
 }
 
 void Engine::EraseJob(uint64_t id) {
   auto it = jobs_.find(id);
   if (it == jobs_.end()) return;
-  std::unique_ptr<JobEntry> owned = std::move(it->second);
+  std::unique_ptr<JobEntry> owned(*it);
   jobs_.erase(it);
   JobEntry& e = *owned;
   QueueState& q = *e.queue;
@@ -1344,7 +1484,9 @@ void Engine::EraseJob(uint64_t id) {
   if (e.expiring) expiries_.Remove(e.expire_at, id);
   q.counts[e.job.state()]--;
   q.ids.erase(id);
-  if (e.job.has_idempotency_key()) {
+  if (e.job.has_idempotency_key() && e.job.held()) {
+    // Deletions hold the job. (Were it not held, the key's entry would
+    // stay and name a job that is gone, which Enqueue treats as no entry.)
     auto k = idem_.find(IdemKey(q.name, e.job.Unpack().idempotency_key()));
     if (k != idem_.end() && k->second.job_id == id) idem_.erase(k);
   }
@@ -1411,10 +1553,18 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
       expiries_.Add(e->expire_at, id);
       continue;
     }
+    auto held = Hold(*e);  // see Purge
+    if (!held.ok()) {
+      spdlog::error("retention: {}", held.status().ToString());
+      e->expire_at = now + std::chrono::seconds(1);
+      e->expiring = true;
+      expiries_.Add(e->expire_at, id);
+      continue;
+    }
     e->busy = true;
     ids->push_back(id);
     m.ops.push_back({commit::Cf::kJobs, store::EncodeBE64(id), std::nullopt});
-    v1::Event ev = MakeEvent(Load(*e), v1::EVENT_TYPE_DELETED);
+    v1::Event ev = MakeEvent(*held, v1::EVENT_TYPE_DELETED);
     *ev.mutable_time() = ToProto(now);
     m.events.push_back(std::move(ev));
   }
@@ -1430,10 +1580,12 @@ void Engine::SweepRetention(util::Clock::TimePoint now) {
       if (r.status.ok()) {
         EraseJob(id);
       } else {
+        e->pinned = true;
         e->expire_at = now + std::chrono::seconds(1);
         e->expiring = true;
         expiries_.Add(e->expire_at, id);
         ReleaseJob(*e);
+        if (JobEntry* f = Find(id)) Settle(*f);
       }
     }
     if (r.status.ok()) {
@@ -1515,7 +1667,13 @@ void Engine::Redrive(const std::string& queue, std::vector<uint64_t> ids,
       }
       JobEntry& e = *found;
       const auto now = clock_.Now();
-      v1::Job job = Load(e);
+      auto held = Hold(e);
+      if (!held.ok()) {
+        if (progress->error.ok()) progress->error = held.status();
+        finish_one();
+        return;
+      }
+      v1::Job job = std::move(*held);
       job.set_state(v1::JOB_STATE_READY);
       job.set_attempts(0);
       job.clear_error();
@@ -1596,8 +1754,8 @@ v1::QueueStats Engine::QueueStats(const std::string& name) const {
   st.set_succeeded(q.counts[v1::JOB_STATE_SUCCEEDED]);
   st.set_dead(q.counts[v1::JOB_STATE_DEAD]);
   st.set_cancelled(q.counts[v1::JOB_STATE_CANCELLED]);
-  if (auto oldest = q.ready.Oldest()) {
-    if (JobEntry* e = Find(oldest->job_id)) {
+  if (!q.ready_by_seq.empty()) {
+    if (JobEntry* e = Find(q.ready_by_seq.begin()->second)) {
       auto age = clock_.Now() - e->ReadySince();
       if (age.count() < 0) age = age.zero();
       *st.mutable_oldest_ready_age() =

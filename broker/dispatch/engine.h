@@ -1,8 +1,11 @@
 #pragma once
 
 #include <absl/status/status.h>
+#include <absl/container/btree_map.h>
 #include <absl/container/btree_set.h>
 #include <absl/container/flat_hash_map.h>
+#include <absl/container/flat_hash_set.h>
+#include <absl/hash/hash.h>
 #include <absl/status/statusor.h>
 
 #include <asio/io_context.hpp>
@@ -28,6 +31,7 @@
 #include "dispatch/deadline_set.h"
 #include "dispatch/packed_job.h"
 #include "dispatch/ready_queue.h"
+#include "store/job_store.h"
 #include "errand/v1/admin.pb.h"
 #include "errand/v1/jobs.pb.h"
 #include "errand/v1/workers.pb.h"
@@ -140,9 +144,15 @@ struct ExtendOutcome {
 // While a job has a write in flight it is "busy": further operations on it
 // wait in that job's queue and run, in order, once the write lands.
 //
+// Memory holds each job's hot fields (PackedJob); a job's whole record is
+// held only while the engine works on it (leased, or a write in flight).
+// The rest is read from the store when a whole job is needed: a point read
+// of a committed record (GetJob of a READY job, a lease, a cancel...).
+//
 // Thread: core. Every method, and every callback it invokes, runs on the
-// core io_context thread; nothing here takes a lock or touches RocksDB
-// (except the recovery scan, which runs before the broker serves).
+// core io_context thread; nothing here takes a lock. RocksDB is read here
+// (point reads, and the recovery scan, which runs before the broker
+// serves); writes go through the CommitPipeline.
 class Engine {
  public:
   using EnqueueDone = std::function<void(absl::StatusOr<EnqueueOutcome>)>;
@@ -150,15 +160,17 @@ class Engine {
   using JobDone = std::function<void(absl::StatusOr<v1::Job>)>;
   using ExtendDone = std::function<void(absl::StatusOr<ExtendOutcome>)>;
 
-  // `core`, `clock` and `pipeline` must outlive the Engine.
-  Engine(asio::io_context& core, const util::Clock& clock, commit::CommitPipeline* pipeline,
-         EngineOptions options, uint64_t boot_epoch);
+  // `core`, `clock`, `store` and `pipeline` (which writes to `store`) must
+  // outlive the Engine.
+  Engine(asio::io_context& core, const util::Clock& clock, store::JobStore& store,
+         commit::CommitPipeline* pipeline, EngineOptions options, uint64_t boot_epoch);
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Loads every stored job. Run once, before Start, from any one thread.
-  absl::Status Recover(store::JobStore& store);
+  // Loads every stored job's hot fields. Run once, before Start, from any
+  // one thread.
+  absl::Status Recover();
 
   // Arms the timers and settles jobs that were leased when the broker last
   // stopped (they become READY again, or DEAD when that was their last
@@ -272,7 +284,10 @@ class Engine {
   // One per job: millions may be held, so the committed job is kept packed
   // (its wire bytes and hot fields, see packed_job.h; Load() parses it).
   struct JobEntry {
-    PackedJob job;  // committed state (SCHEDULED->READY promotion is in memory only)
+    // Committed state (SCHEDULED->READY promotion is in memory only). Its
+    // bytes are held while the job is LEASED or busy, and after a failed
+    // write (pinned); otherwise the store's record is the job.
+    PackedJob job;
     uint64_t id = 0;
     uint64_t lease_token = 0;
     util::Clock::TimePoint lease_deadline{};
@@ -280,6 +295,10 @@ class Engine {
     uint64_t ready_seq = 0;  // while READY; it became ready at ReadySince()
     QueueState* queue = nullptr;
     bool busy = false;
+    // A write of this job failed: its record in the store may be ahead of
+    // memory (written, then the fsync failed), so the bytes stay held until
+    // a write of it succeeds.
+    bool pinned = false;
     // While finished: when retention deletes it (in expiries_).
     bool expiring = false;
     util::Clock::TimePoint expire_at{};
@@ -304,6 +323,25 @@ class Engine {
       auto& w = waiting->waiters;
       w.erase(std::remove(w.begin(), w.end(), waiter), w.end());
     }
+    // Entries come from a pool: 112 bytes each, not a 128-byte heap chunk.
+    static void* operator new(size_t size);
+    static void operator delete(void* p);
+  };
+
+  // jobs_ keys its entries by their id, without a copy of the id.
+  struct EntryHash {
+    using is_transparent = void;
+    size_t operator()(uint64_t id) const { return absl::Hash<uint64_t>{}(id); }
+    size_t operator()(const JobEntry* e) const { return (*this)(e->id); }
+  };
+  struct EntryEq {
+    using is_transparent = void;
+    static uint64_t IdOf(uint64_t id) { return id; }
+    static uint64_t IdOf(const JobEntry* e) { return e->id; }
+    template <typename A, typename B>
+    bool operator()(const A& a, const B& b) const {
+      return IdOf(a) == IdOf(b);
+    }
   };
 
   struct JobWaiter {
@@ -314,11 +352,13 @@ class Engine {
 
   struct QueueState {
     std::string name;
-    ReadyQueue ready;  // every READY job
-    // The same READY jobs by concurrency_key ("" for jobs without one);
-    // keys take turns (round-robin after rr_last) within one priority.
-    // (Built without the oldest-first index: only `ready` answers Oldest().)
+    // Every READY job not picked by a lease being committed, by
+    // concurrency_key ("" for jobs without one; a key with none is absent).
+    // Keys take turns (round-robin after rr_last) within one priority.
     std::map<std::string, ReadyQueue> ready_by_key;
+    // The same jobs by the order they became ready: ready_seq -> job id.
+    // (16 bytes per job; the oldest answers QueueStats' oldest_ready_age.)
+    absl::btree_map<uint64_t, uint64_t> ready_by_seq;
     std::string rr_last;
     // Jobs LEASED, or picked for a lease being committed, per non-empty key.
     std::unordered_map<std::string, uint32_t> leased_by_key;
@@ -362,7 +402,7 @@ class Engine {
   void UpdateQueueRecord(const std::string& name,
                          const std::function<void(store::QueueRecord&)>& change, StatusDone done);
   // The job after a cancelled LEASED job's attempt ended.
-  v1::Job CancelledJob(const JobEntry& e, const std::string& attempt_error) const;
+  v1::Job CancelledJob(v1::Job job, const std::string& attempt_error) const;
   std::string IdemKey(const std::string& queue, const std::string& key) const {
     return queue + '\n' + key;
   }
@@ -376,11 +416,21 @@ class Engine {
   void WithJob(JobEntry& e, std::function<void()> fn);
   void ReleaseJob(JobEntry& e);
 
-  // Moves the job's in-memory state (and the per-state counts) to `job`.
+  // Moves the job's in-memory state (and the per-state counts) to `job`,
+  // holding its bytes (Settle drops them).
   void ApplyJob(JobEntry& e, const v1::Job& job);
   // The job's committed state, parsed, with its in-memory state and (while
-  // leased) its current lease deadline.
-  v1::Job Load(const JobEntry& e) const;
+  // leased) its current lease deadline: from the held bytes, else from the
+  // store.
+  absl::StatusOr<v1::Job> Load(const JobEntry& e) const;
+  // As Load, REQUIRES e.job.held().
+  v1::Job Held(const JobEntry& e) const;
+  // As Load, and holds the bytes: call before a write of the job (a read
+  // while the write is in flight must not see the store's newer record).
+  absl::StatusOr<v1::Job> Hold(JobEntry& e);
+  // Drops the bytes of a job nobody works on (not busy, not LEASED, not
+  // pinned): the store has its record.
+  void Settle(JobEntry& e);
   void SetState(JobEntry& e, v1::JobState state);
   // Places a committed READY or SCHEDULED job in the ready queue or the
   // schedule, and wakes waiters.
@@ -388,6 +438,9 @@ class Engine {
   void MakeReady(JobEntry& e);
   void Dispatch(QueueState& q);
   void StartLease(LeaseSpec spec, LeaseDone done);
+  // Undoes StartLease's pick of a READY job: back in its place in the ready
+  // queue, its concurrency key's count released.
+  void UnpickJob(JobEntry& e);
   void RemoveWaiter(uint64_t waiter_id, Waiter* out);
 
   // Builds the write of `job` (with `lease_token`) plus its event.
@@ -395,9 +448,9 @@ class Engine {
                                bool sync) const;
   v1::Event MakeEvent(const v1::Job& job, v1::EventType type) const;
 
-  // The job after attempt `e.job.attempts` ended with `outcome`: retried
+  // `job` (LEASED) after its current attempt ended with `outcome`: retried
   // (SCHEDULED or READY) or DEAD.
-  v1::Job EndAttempt(const JobEntry& e, v1::AttemptOutcome outcome, const std::string& error,
+  v1::Job EndAttempt(v1::Job job, v1::AttemptOutcome outcome, const std::string& error,
                      std::chrono::microseconds retry_after, bool non_retryable,
                      bool immediate_retry);
   void ExpireLease(uint64_t id, v1::AttemptOutcome outcome);
@@ -412,13 +465,15 @@ class Engine {
 
   asio::io_context& core_;
   const util::Clock& clock_;
+  store::JobStore& store_;
   commit::CommitPipeline* const pipeline_;
   const EngineOptions options_;
   const uint64_t boot_epoch_;
 
-  // Entries live on the heap (their addresses are held while writes are in
-  // flight); the table itself is flat: ~20 bytes per job, not a node.
-  absl::flat_hash_map<uint64_t, std::unique_ptr<JobEntry>> jobs_;
+  // Every job, by id. Owns its entries (EraseJob and ~Engine delete them):
+  // they stay put (their addresses are held while writes are in flight),
+  // and the table itself is flat, ~9-18 bytes per job.
+  absl::flat_hash_set<JobEntry*, EntryHash, EntryEq> jobs_;
   std::map<std::string, QueueState> queues_;
   std::unordered_map<uint64_t, Waiter> waiters_;
   std::unordered_map<uint64_t, JobWaiter> job_waiters_;

@@ -32,10 +32,17 @@ void PackedJob::Note(const v1::Job& job) {
   has_idempotency_key_ = !job.idempotency_key().empty();
 }
 
-void PackedJob::Keep(std::string_view wire) {
+void PackedJob::Hold(std::string_view wire) {
   wire_size_ = static_cast<uint32_t>(wire.size());
+  // A zero-length array still allocates: an empty job (no field set) is
+  // held like any other.
   wire_.reset(new char[wire.size()]);
   std::memcpy(wire_.get(), wire.data(), wire.size());
+}
+
+void PackedJob::Drop() {
+  wire_.reset();
+  wire_size_ = 0;
 }
 
 void PackedJob::Pack(const v1::Job& job) {
@@ -47,12 +54,13 @@ void PackedJob::Pack(const v1::Job& job) {
   if (job.SerializeWithCachedSizesToArray(begin) != begin + n) std::abort();
 }
 
-void PackedJob::Adopt(const v1::Job& job, std::string_view wire) {
+void PackedJob::Track(const v1::Job& job) {
   Note(job);
-  Keep(wire);
+  Drop();
 }
 
 v1::Job PackedJob::Unpack() const {
+  if (!held()) std::abort();
   v1::Job job;
   // Our own bytes: failing to parse them is a broken invariant.
   if (!job.ParseFromArray(wire_.get(), static_cast<int>(wire_size_))) std::abort();

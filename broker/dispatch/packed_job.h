@@ -10,13 +10,16 @@
 
 namespace errand::dispatch {
 
-// A committed job as the engine keeps it in memory: the job's wire bytes in
-// one allocation, plus the few fields that dispatch decisions read without
-// parsing (state, priority, attempts, concurrency key...). A parsed v1::Job
-// costs ~950 bytes and a dozen allocations (payload, id, queue and every
-// Timestamp/Duration submessage apart); its wire form costs its size (~340
-// bytes for a 256-byte payload) in one. A broker holding millions of READY
-// jobs pays this per job.
+// A committed job as the engine keeps it in memory: the few fields that
+// dispatch decisions read without parsing (state, priority, attempts,
+// concurrency key...), and, while the job is "held", its wire bytes too.
+//
+// The store has every committed job's record; memory need not. A parsed
+// v1::Job costs ~950 bytes and a dozen allocations, its wire form its size
+// (~340 bytes for a 256-byte payload), the fields here 40 bytes. A broker
+// holding millions of READY jobs pays this per job, so the engine holds
+// bytes only for jobs it is working on (leased, or with a write in flight)
+// and reads the others' records from the store when it needs the whole job.
 //
 // The engine's in-memory state wins over the bytes where the two may
 // differ (a SCHEDULED job promoted to READY is not rewritten): Unpack() sets
@@ -27,14 +30,21 @@ class PackedJob {
  public:
   PackedJob() = default;
 
-  // Keeps `job` (serialized) and its hot fields.
+  // Tracks `job`'s hot fields and holds its bytes (serialized here).
   void Pack(const v1::Job& job);
-  // As Pack, keeping a copy of `wire`: REQUIRES it to be the serialized form
-  // of `job` (e.g. the bytes `job` was parsed from).
-  void Adopt(const v1::Job& job, std::string_view wire);
+  // Tracks `job`'s hot fields only; holds no bytes (drops any held).
+  void Track(const v1::Job& job);
+  // Holds `wire` (a copy), leaving the tracked fields as they are: REQUIRES
+  // it to be the serialized form of the job last tracked (e.g. its stored
+  // bytes).
+  void Hold(std::string_view wire);
+  // Drops the bytes; the tracked fields stay.
+  void Drop();
+  bool held() const { return wire_ != nullptr; }
 
-  // The job as packed, with state() as its state. Aborts on bytes that do
-  // not parse (they were serialized here, or parsed once already).
+  // The job as held, with state() as its state. REQUIRES held(). Aborts on
+  // bytes that do not parse (they were serialized here, or parsed once
+  // already).
   v1::Job Unpack() const;
 
   v1::JobState state() const { return static_cast<v1::JobState>(state_); }
@@ -46,12 +56,11 @@ class PackedJob {
   bool has_idempotency_key() const { return has_idempotency_key_; }
   const std::string& concurrency_key() const;
   util::Clock::TimePoint updated_at() const { return updated_at_; }
-  // Bytes held (the wire form), for tests and accounting.
+  // Bytes held (0 when none), for tests and accounting.
   size_t wire_size() const { return wire_size_; }
 
  private:
   void Note(const v1::Job& job);
-  void Keep(std::string_view wire);
 
   // A bare array, not a std::string: 12 bytes with its size, not 32.
   std::unique_ptr<char[]> wire_;

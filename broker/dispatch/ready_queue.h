@@ -9,24 +9,21 @@
 
 namespace errand::dispatch {
 
-// The READY jobs of one queue in delivery order: higher priority first, FIFO
-// (by the order in which jobs became ready) within one priority.
+// READY jobs in delivery order: higher priority first, FIFO (by the order in
+// which jobs became ready) within one priority.
 //
-// Both orders are B-trees of 24-byte entries (about 30 bytes per job with
-// the node overhead, against 64 for a std::set node): a queue may hold
-// millions of jobs.
+// A B-tree of 24-byte entries (about 26-30 bytes per job with the node
+// overhead, against 64 for a std::set node): a queue may hold millions of
+// jobs.
 //
 // Thread: core. Not synchronised.
 class ReadyQueue {
  public:
-  // `track_oldest`: keep the order by ready_seq that Oldest() needs (a
-  // second index of every entry). Default: true.
-  explicit ReadyQueue(bool track_oldest = true) : track_oldest_(track_oldest) {}
 
   struct Entry {
     int32_t priority;
     // Increases each time any job becomes ready; orders FIFO within a
-    // priority and tells the oldest ready job.
+    // priority.
     uint64_t ready_seq;
     uint64_t job_id;
   };
@@ -37,9 +34,6 @@ class ReadyQueue {
   // The next job to deliver, without removing it.
   std::optional<Entry> Front() const;
   std::optional<Entry> PopFront();
-  // The entry that became ready first (smallest ready_seq), any priority.
-  // REQUIRES: constructed with track_oldest.
-  std::optional<Entry> Oldest() const;
   size_t size() const { return by_order_.size(); }
   bool empty() const { return by_order_.empty(); }
 
@@ -53,14 +47,7 @@ class ReadyQueue {
   struct ByOrder {
     bool operator()(const Entry& a, const Entry& b) const { return Before(a, b); }
   };
-  struct BySeq {
-    bool operator()(const Entry& a, const Entry& b) const {
-      return std::tie(a.ready_seq, a.job_id) < std::tie(b.ready_seq, b.job_id);
-    }
-  };
-  bool track_oldest_;
   absl::btree_set<Entry, ByOrder> by_order_;
-  absl::btree_set<Entry, BySeq> by_seq_;  // empty unless track_oldest_
 };
 
 }  // namespace errand::dispatch

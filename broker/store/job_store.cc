@@ -57,12 +57,18 @@ absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(const Options& options)
   db_options.IncreaseParallelism(2);
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
+  // Memtables of all column families together: past this a flush starts
+  // (without it each family holds up to 6 x 16 MB). The memory a broker
+  // needs is then its job table plus this.
+  db_options.db_write_buffer_size = 32 << 20;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.info_log = std::make_shared<RocksLogger>(db_options.info_log_level);
   if (options.env != nullptr) db_options.env = options.env;
 
   rocksdb::ColumnFamilyOptions cf_options;
   cf_options.OptimizeLevelStyleCompaction(64 << 20);
+  // A full 16 MB memtable is flushed alone, not once two are full.
+  cf_options.min_write_buffer_number_to_merge = 1;
   std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
       {rocksdb::kDefaultColumnFamilyName, cf_options},
       {"jobs", cf_options},
@@ -109,12 +115,6 @@ JobStore::~JobStore() { (void)Close(); }
 
 absl::Status JobStore::ForEachJob(
     const std::function<absl::Status(uint64_t, JobRecord&&)>& fn) {
-  return ForEachJobWithBytes(
-      [&fn](uint64_t id, JobRecord&& rec, std::string_view) { return fn(id, std::move(rec)); });
-}
-
-absl::Status JobStore::ForEachJobWithBytes(
-    const std::function<absl::Status(uint64_t, JobRecord&&, std::string_view)>& fn) {
   rocksdb::ReadOptions ro;
   // One pass over every table: large sequential reads, and no block kept in
   // the cache (the scan would only evict what point reads use).
@@ -124,8 +124,7 @@ absl::Status JobStore::ForEachJobWithBytes(
   for (it->SeekToFirst(); it->Valid(); it->Next()) {
     auto rec = DecodeJobRecord(it->key().ToStringView(), it->value().ToStringView());
     if (!rec.ok()) return rec.status();
-    absl::Status s =
-        fn(DecodeBE64(it->key().ToStringView()), std::move(*rec), it->value().ToStringView());
+    absl::Status s = fn(DecodeBE64(it->key().ToStringView()), std::move(*rec));
     if (!s.ok()) return s;
   }
   return FromRocks(it->status(), "scanning jobs");
@@ -163,6 +162,14 @@ absl::StatusOr<std::optional<JobRecord>> JobStore::GetJob(uint64_t id) {
   auto rec = DecodeJobRecord(EncodeBE64(id), value);
   if (!rec.ok()) return rec.status();
   return std::optional<JobRecord>(std::move(*rec));
+}
+
+absl::StatusOr<std::optional<std::string>> JobStore::GetJobBytes(uint64_t id) {
+  std::string value;
+  rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), jobs_cf_, EncodeBE64(id), &value);
+  if (rs.IsNotFound()) return std::optional<std::string>();
+  if (!rs.ok()) return FromRocks(rs, "reading job " + FormatJobId(id));
+  return std::optional<std::string>(std::move(value));
 }
 
 absl::Status JobStore::ForEachQueue(const std::function<absl::Status(QueueRecord&&)>& fn) {

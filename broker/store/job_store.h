@@ -25,8 +25,8 @@ namespace errand::store {
 // queues or gRPC.
 //
 // Thread: Open/Close and the recovery scans run before and after the broker
-// runs; Write and SyncWAL are called from the commit thread only; GetJob may
-// be called from any thread (RocksDB reads are thread-safe).
+// runs; Write and SyncWAL are called from the commit thread only; GetJob and
+// GetJobBytes may be called from any thread (RocksDB reads are thread-safe).
 class JobStore {
  public:
   struct Options {
@@ -51,16 +51,15 @@ class JobStore {
   // Calls `fn` for every stored job in id order; stops at the first error.
   // A full scan: reads ahead and leaves the block cache alone.
   absl::Status ForEachJob(const std::function<absl::Status(uint64_t, JobRecord&&)>& fn);
-  // As ForEachJob, also passing the record's stored bytes (valid during the
-  // call only), so that a caller keeping them need not serialize again.
-  absl::Status ForEachJobWithBytes(
-      const std::function<absl::Status(uint64_t, JobRecord&&, std::string_view)>& fn);
   // The highest event sequence number stored, 0 when none.
   absl::StatusOr<uint64_t> LastEventSeq();
   // The lowest event sequence number stored, 0 when none.
   absl::StatusOr<uint64_t> FirstEventSeq();
 
+  // Job `id`'s record; nullopt when there is none.
   absl::StatusOr<std::optional<JobRecord>> GetJob(uint64_t id);
+  // As GetJob, the record's bytes unparsed (a serialized JobRecord).
+  absl::StatusOr<std::optional<std::string>> GetJobBytes(uint64_t id);
   // Calls `fn` for every stored queue record ("queue/<name>"), by name.
   absl::Status ForEachQueue(const std::function<absl::Status(QueueRecord&&)>& fn);
 

@@ -103,12 +103,12 @@ class PowerCutTest : public ::testing::Test {
     dispatch::EngineOptions eopts;
     eopts.sync_by_default = mode == SyncMode::kAlways;
     eopts.default_max_attempts = 3;
-    engine_ = std::make_unique<dispatch::Engine>(io_, clock_, pipeline_.get(), eopts,
+    engine_ = std::make_unique<dispatch::Engine>(io_, clock_, *store_, pipeline_.get(), eopts,
                                                  store_->boot_epoch());
     pipeline_->SetEventSink([this](std::vector<v1::Event>&& events) {
       for (const v1::Event& e : events) published_[e.seq()] = {e, std::chrono::steady_clock::now()};
     });
-    absl::Status s = engine_->Recover(*store_);
+    absl::Status s = engine_->Recover();
     ASSERT_TRUE(s.ok()) << "recovery failed after a power cut: " << s;
     pipeline_->Start();
     engine_->Start();

@@ -10,8 +10,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
+
+#include <rocksdb/write_batch.h>
 
 #include "commit/commit_pipeline.h"
 #include "store/job_store.h"
@@ -71,9 +74,9 @@ class EngineTest : public ::testing::Test {
         [this](std::function<void()> fn) { asio::post(io_, std::move(fn)); },
         store_->LastEventSeq().value(), store_->FirstEventSeq().value());
     pipeline_->Start();
-    engine_ = std::make_unique<Engine>(io_, clock_, pipeline_.get(), options_,
+    engine_ = std::make_unique<Engine>(io_, clock_, *store_, pipeline_.get(), options_,
                                        store_->boot_epoch());
-    absl::Status s = engine_->Recover(*store_);
+    absl::Status s = engine_->Recover();
     ASSERT_TRUE(s.ok()) << s;
     engine_->Start();
   }
@@ -228,6 +231,149 @@ TEST_F(EngineTest, EnqueueThenLeaseReturnsTheJobOnItsFirstAttempt) {
   auto again = Lease(Spec({"q"}));
   ASSERT_TRUE(again.ok());
   EXPECT_TRUE(again->empty());
+}
+
+// Memory keeps a job's hot fields only; the whole record of a job nobody
+// works on comes from the store. These tests change the store behind the
+// engine's back to see where a read came from.
+class EngineStoreReadTest : public EngineTest {
+ protected:
+  // Replaces (or with nullopt, deletes) job `id`'s record, as no broker
+  // would: only to observe the engine.
+  void Overwrite(uint64_t id, const std::optional<store::JobRecord>& rec) {
+    rocksdb::WriteBatch batch;
+    if (rec) {
+      ASSERT_TRUE(batch.Put(store_->jobs_cf(), store::EncodeBE64(id), rec->SerializeAsString())
+                      .ok());
+    } else {
+      ASSERT_TRUE(batch.Delete(store_->jobs_cf(), store::EncodeBE64(id)).ok());
+    }
+    ASSERT_TRUE(store_->Write(&batch, /*sync=*/false).ok());
+  }
+
+  absl::StatusOr<v1::Job> Cancel(uint64_t id) {
+    std::optional<absl::StatusOr<v1::Job>> out;
+    engine_->Cancel(id, "stop", [&](absl::StatusOr<v1::Job> r) { out = std::move(r); });
+    return Await(out, "Cancel");
+  }
+};
+
+TEST_F(EngineStoreReadTest, AReadyJobIsReadFromTheStoreAndALeasedOneFromMemory) {
+  const uint64_t id = Enqueue(Req("q", 0, "as enqueued"));
+  ASSERT_NE(id, 0u);
+  store::JobRecord rec = Stored(id);
+  rec.mutable_job()->set_payload("from the store");
+  Overwrite(id, rec);
+  EXPECT_EQ(Job(id).payload(), "from the store");
+
+  v1::Lease lease = LeaseOne("q");
+  EXPECT_EQ(lease.job().payload(), "from the store");
+  // Leased: the engine holds the job it wrote; the store is not read.
+  rec = Stored(id);
+  rec.mutable_job()->set_payload("changed behind a lease");
+  Overwrite(id, rec);
+  EXPECT_EQ(Job(id).payload(), "from the store");
+  EXPECT_EQ(Job(id).state(), v1::JOB_STATE_LEASED);
+  EXPECT_EQ(FromProto(Job(id).lease_deadline()), FromProto(lease.deadline()));
+
+  // Finished: memory lets the record go again.
+  ASSERT_TRUE(Complete(id, lease.lease_token(), "done").ok());
+  EXPECT_EQ(Job(id).payload(), "from the store");
+  EXPECT_EQ(Job(id).result(), "done");
+  rec = Stored(id);
+  rec.mutable_job()->set_result("read from the store");
+  Overwrite(id, rec);
+  EXPECT_EQ(Job(id).result(), "read from the store");
+  EXPECT_EQ(Job(id).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(EngineStoreReadTest, APromotedScheduledJobShowsItsStateInMemory) {
+  v1::EnqueueRequest req = Req("q", 0, "later");
+  *req.mutable_delay() = util::DurationToProto(std::chrono::seconds(5));
+  const uint64_t id = Enqueue(req);
+  ASSERT_NE(id, 0u);
+  EXPECT_EQ(State(id), v1::JOB_STATE_SCHEDULED);
+  AdvanceAndTick(std::chrono::seconds(6));
+  // Promoted without a write: the record still says SCHEDULED.
+  EXPECT_EQ(Stored(id).job().state(), v1::JOB_STATE_SCHEDULED);
+  EXPECT_EQ(State(id), v1::JOB_STATE_READY);
+  EXPECT_EQ(Job(id).payload(), "later");
+}
+
+TEST_F(EngineStoreReadTest, AJobWhoseRecordCannotBeReadFailsWithDataLossAndIsKept) {
+  const uint64_t id = Enqueue(Req("q", 0, "precious"));
+  ASSERT_NE(id, 0u);
+  const store::JobRecord rec = Stored(id);
+  Overwrite(id, std::nullopt);
+
+  auto got = engine_->GetJob(id);
+  ASSERT_EQ(got.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(got.status().message().find(store::FormatJobId(id)), std::string::npos)
+      << got.status();
+  EXPECT_NE(got.status().message().find("no record"), std::string::npos) << got.status();
+  auto leases = Lease(Spec({"q"}));
+  EXPECT_EQ(leases.status().code(), absl::StatusCode::kDataLoss) << leases.status();
+  EXPECT_EQ(Cancel(id).status().code(), absl::StatusCode::kDataLoss);
+
+  // A corrupt record is told apart from a missing one.
+  {
+    rocksdb::WriteBatch batch;
+    ASSERT_TRUE(batch.Put(store_->jobs_cf(), store::EncodeBE64(id), "\xff\xff\xff").ok());
+    ASSERT_TRUE(store_->Write(&batch, false).ok());
+  }
+  got = engine_->GetJob(id);
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(got.status().message().find("corrupt"), std::string::npos) << got.status();
+
+  // Nothing changed meanwhile: with its record back the job is READY, in
+  // its place, and leases as before.
+  Overwrite(id, rec);
+  EXPECT_EQ(engine_->QueueStats("q").ready(), 1u);
+  v1::Lease lease = LeaseOne("q");
+  EXPECT_EQ(lease.job().id(), store::FormatJobId(id));
+  EXPECT_EQ(lease.job().payload(), "precious");
+  EXPECT_EQ(lease.job().attempts(), 1u);
+}
+
+TEST_F(EngineStoreReadTest, RestartLoadsNoRecordsYetServesWholeJobs) {
+  const uint64_t a = Enqueue(Req("q", 0, "first"));
+  const uint64_t b = Enqueue(Req("q", 0, "second"));
+  ASSERT_NE(b, 0u);
+  Restart();
+  // Recovery kept only hot fields: a change to the store shows at once.
+  store::JobRecord rec = Stored(b);
+  rec.mutable_job()->set_payload("second, rewritten");
+  Overwrite(b, rec);
+  EXPECT_EQ(LeaseOne("q").job().payload(), "first");
+  EXPECT_EQ(LeaseOne("q").job().payload(), "second, rewritten");
+  EXPECT_EQ(Job(a).state(), v1::JOB_STATE_LEASED);
+}
+
+TEST_F(EngineTest, OldestReadyAgeIgnoresPriorityAndConcurrencyKeys) {
+  v1::EnqueueRequest low = Req("q", -5, "low");
+  low.set_concurrency_key("tenant-1");
+  const uint64_t first = Enqueue(low);
+  clock_.Advance(seconds(5));
+  Enqueue(Req("q", 9, "urgent"));
+  clock_.Advance(seconds(2));
+  v1::EnqueueRequest keyed = Req("q", 9, "keyed");
+  keyed.set_concurrency_key("tenant-2");
+  Enqueue(keyed);
+  auto age = [&] {
+    return util::DurationFromProto(engine_->QueueStats("q").oldest_ready_age());
+  };
+  EXPECT_EQ(age(), seconds(7));  // the low-priority job came first
+
+  // Delivered first, by priority (the two keys take turns), the newer jobs
+  // leave the oldest in place.
+  std::set<std::string> high = {LeaseOne("q").job().payload()};
+  EXPECT_EQ(age(), seconds(7));
+  high.insert(LeaseOne("q").job().payload());
+  EXPECT_EQ(high, (std::set<std::string>{"urgent", "keyed"}));
+  EXPECT_EQ(age(), seconds(7));
+  EXPECT_EQ(Id(LeaseOne("q").job().id()), first);
+  EXPECT_FALSE(engine_->QueueStats("q").has_oldest_ready_age());
+  EXPECT_EQ(engine_->QueueStats("q").ready(), 0u);
 }
 
 TEST_F(EngineTest, LeaseTakesHigherPriorityFirstAcrossQueues) {

@@ -79,12 +79,46 @@ TEST(PackedJobTest, InMemoryStateWinsOverTheBytes) {
   EXPECT_EQ(packed.Unpack().payload(), std::string(256, 'p'));
 }
 
-TEST(PackedJobTest, AdoptKeepsTheGivenBytes) {
+TEST(PackedJobTest, TrackKeepsTheHotFieldsWithoutBytes) {
   const v1::Job job = FullJob();
   PackedJob packed;
-  packed.Adopt(job, job.SerializeAsString());
-  EXPECT_EQ(packed.Unpack().SerializeAsString(), job.SerializeAsString());
+  packed.Pack(job);
+  ASSERT_TRUE(packed.held());
+  packed.Track(job);  // drops the bytes a Pack held
+  EXPECT_FALSE(packed.held());
+  EXPECT_EQ(packed.wire_size(), 0u);
+  EXPECT_EQ(packed.state(), v1::JOB_STATE_SCHEDULED);
+  EXPECT_EQ(packed.priority(), -7);
+  EXPECT_EQ(packed.attempts(), 3u);
+  EXPECT_TRUE(packed.cancel_requested());
+  EXPECT_TRUE(packed.has_idempotency_key());
   EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+}
+
+TEST(PackedJobTest, HoldKeepsTheGivenBytesAndDropLetsThemGo) {
+  const v1::Job job = FullJob();
+  PackedJob packed;
+  packed.Track(job);
+  packed.set_state(v1::JOB_STATE_READY);
+  packed.Hold(job.SerializeAsString());
+  ASSERT_TRUE(packed.held());
+  v1::Job back = packed.Unpack();
+  EXPECT_EQ(back.state(), v1::JOB_STATE_READY);  // the tracked state, not the bytes'
+  back.set_state(job.state());
+  EXPECT_EQ(back.SerializeAsString(), job.SerializeAsString());
+  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+
+  packed.Drop();
+  EXPECT_FALSE(packed.held());
+  EXPECT_EQ(packed.state(), v1::JOB_STATE_READY);
+  EXPECT_EQ(packed.priority(), -7);
+
+  // An empty job has no bytes at all, and is held all the same.
+  PackedJob empty;
+  empty.Track(v1::Job());
+  empty.Hold("");
+  EXPECT_TRUE(empty.held());
+  EXPECT_EQ(empty.Unpack().SerializeAsString(), "");
 }
 
 TEST(PackedJobTest, JobBytesOfRecordFindsTheJobWithoutParsingIt) {

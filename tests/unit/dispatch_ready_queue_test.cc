@@ -68,41 +68,9 @@ TEST(ReadyQueueTest, EraseRemovesOnlyThatEntry) {
   EXPECT_EQ(Drain(q), (std::vector<uint64_t>{1, 3}));
 }
 
-TEST(ReadyQueueTest, EraseOfOldestUpdatesOldest) {
-  ReadyQueue q;
-  q.Push({0, 1, 1});
-  q.Push({9, 2, 2});
-  ASSERT_TRUE(q.Oldest().has_value());
-  EXPECT_EQ(q.Oldest()->job_id, 1u);
-  EXPECT_TRUE(q.Erase({0, 1, 1}));
-  ASSERT_TRUE(q.Oldest().has_value());
-  EXPECT_EQ(q.Oldest()->job_id, 2u);
-}
-
-TEST(ReadyQueueTest, OldestIsIndependentOfPriority) {
-  ReadyQueue q;
-  q.Push({-5, 1, 11});  // became ready first, delivered last
-  q.Push({100, 2, 12});
-  q.Push({50, 3, 13});
-  ASSERT_TRUE(q.Front().has_value());
-  EXPECT_EQ(q.Front()->job_id, 12u);
-  ASSERT_TRUE(q.Oldest().has_value());
-  EXPECT_EQ(q.Oldest()->job_id, 11u);
-  EXPECT_EQ(q.Oldest()->ready_seq, 1u);
-
-  // Popping the front does not change the oldest; popping everything else does.
-  q.PopFront();
-  EXPECT_EQ(q.Oldest()->job_id, 11u);
-  q.PopFront();
-  EXPECT_EQ(q.Oldest()->job_id, 11u);
-  q.PopFront();
-  EXPECT_FALSE(q.Oldest().has_value());
-}
-
 TEST(ReadyQueueTest, PopFrontOnEmptyReturnsNothing) {
   ReadyQueue q;
   EXPECT_FALSE(q.PopFront().has_value());
-  EXPECT_FALSE(q.Oldest().has_value());
   EXPECT_TRUE(q.empty());
   EXPECT_EQ(q.size(), 0u);
   q.Push({0, 1, 1});

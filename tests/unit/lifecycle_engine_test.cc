@@ -64,12 +64,12 @@ class LifecycleEngineTest : public ::testing::Test {
       compaction_requests_++;
       store_->RequestJobsCompaction();
     };
-    engine_ = std::make_unique<Engine>(io_, clock_, pipeline_.get(), options_,
+    engine_ = std::make_unique<Engine>(io_, clock_, *store_, pipeline_.get(), options_,
                                        store_->boot_epoch());
     pipeline_->SetEventSink([this](std::vector<v1::Event>&& evs) {
       for (const auto& e : evs) events_.push_back(e);
     });
-    ASSERT_TRUE(engine_->Recover(*store_).ok());
+    ASSERT_TRUE(engine_->Recover().ok());
     pipeline_->Start();
     engine_->Start();
   }
