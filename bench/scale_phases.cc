@@ -37,9 +37,11 @@ struct ScaleBroker {
   std::unique_ptr<errand::v1::Jobs::Stub> jobs;
   std::unique_ptr<errand::v1::Workers::Stub> workers;
 
-  bool Start(std::string* error) {
+  // `flags`: more broker flags, e.g. limits the phase must stay within.
+  bool Start(std::string* error, std::vector<std::string> flags = {}) {
     // No per-queue depth limit (default 1,000,000): it is not what is measured.
-    if (!proc.Start(g_flags.spawn_broker, g_flags.mode, &addr, {"--max-queue-depth=0"})) {
+    flags.push_back("--max-queue-depth=0");
+    if (!proc.Start(g_flags.spawn_broker, g_flags.mode, &addr, flags)) {
       *error = "the broker did not start";
       return false;
     }
@@ -473,14 +475,19 @@ PhaseResult RunScaleWaiters() {
   Sink sink;
   ScaleBroker b;
   std::string err;
-  if (!b.Start(&err)) {
+  const int n = g_flags.waiters;
+  const int chans_n = g_flags.scale_channels;
+  // The broker's long-poll limits (default 10,000 in total, 1,000 per
+  // connection) are not what is measured: room for every waiter on
+  // --scale-channels connections.
+  const int per_chan = (n + chans_n - 1) / chans_n;
+  if (!b.Start(&err, {"--max-long-polls=" + std::to_string(n + 16),
+                      "--max-long-polls-per-connection=" + std::to_string(per_chan + 16)})) {
     res.errors = 1;
     res.first_error = err;
     return res;
   }
   const std::string queue = QueueName("scale-waiters");
-  const int n = g_flags.waiters;
-  const int chans_n = g_flags.scale_channels;
   std::vector<std::string> ids;
   if (EnqueueBatches(b.jobs.get(), queue, n, 1000, 1, deadline, &sink, &ids).jobs !=
       static_cast<uint64_t>(n)) {
