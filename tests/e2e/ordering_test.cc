@@ -110,14 +110,17 @@ TEST_F(DelayE2E, RunAtInThePastOrZeroDelayIsReadyAtOnce) {
 }
 
 TEST_F(DelayE2E, DelayedJobDoesNotOvertakeReadyJobsButIsOrderedByPriorityOnceReady) {
-  // A delayed high-priority job is not delivered while it waits...
+  // A delayed high-priority job is not delivered while it waits (the delay
+  // must outlast the three enqueues and the lease below, slower under a
+  // sanitizer)...
+  const auto delay = testing::Scaled(400ms);
   v1::EnqueueRequest hi = NewJob("mix", "hi-delayed");
   hi.set_priority(9);
-  *hi.mutable_delay() = Dur(400ms);
+  *hi.mutable_delay() = Dur(delay);
   client().MustEnqueue(hi);
   // A probe with the same delay, enqueued later, is due no earlier than hi.
   v1::EnqueueRequest probe = NewJob("mix-probe", "probe");
-  *probe.mutable_delay() = Dur(400ms);
+  *probe.mutable_delay() = Dur(delay);
   client().MustEnqueue(probe);
   client().MustEnqueue(NewJob("mix", "lo-1"));
   client().MustEnqueue(NewJob("mix", "lo-2"));

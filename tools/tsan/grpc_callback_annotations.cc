@@ -19,7 +19,9 @@
 //   grpc_core::Executor::Run: a closure libgrpc++ schedules (OnDone and
 //     OnCancel when they are not run inline);
 //   grpc_completion_queue_next/pluck: the sync and async API's completion
-//     (released at grpc_call_start_batch, acquired when the event is taken).
+//     (released at grpc_call_start_batch, acquired when the event is taken);
+//   ServerCallbackCall::ScheduleOnDone and CallOnCancel (libgrpc++): see
+//     there.
 // Each releases the tag (the closure's argument) and points the functor (the
 // closure's callback) at a trampoline that acquires it before running the
 // original: exactly the edge gRPC guarantees. Only functors and closures of
@@ -32,6 +34,7 @@
 #include <absl/status/status.h>
 #include <dlfcn.h>
 #include <grpc/grpc.h>
+#include <grpcpp/support/server_callback.h>
 #include <link.h>
 #include <sanitizer/tsan_interface.h>
 
@@ -276,4 +279,30 @@ void grpc_core::Executor::Run(grpc_closure* closure, absl::Status error,
       "15ExecutorJobTypeE");
   SchedulingClosure(closure);
   real(closure, std::move(error), executor_type, job_type);
+}
+
+// A server call's OnDone runs once its reference count
+// (callbacks_outstanding_) drops to zero, OnCancel once its cancellation
+// conditions (on_cancel_conditions_remaining_) do: each decrement is an
+// acq_rel fetch_sub, so whoever takes the last one has seen every earlier
+// reaction of the call. The decrements made by errand's code (the inline
+// MaybeDone after OnWriteDone, Finish, ...) are visible to TSan; the one made
+// inside libgrpc++ (the ServerContext's CompletionOp when the call ends or
+// is cancelled) is not, so OnDone freeing the call's tags and message
+// buffers looked racy with the reactions still leaving them. libgrpc++
+// calls ScheduleOnDone and CallOnCancel through its PLT, so these
+// definitions see every call: each acquires the counter (the acquire half
+// of that last decrement) and runs libgrpc++'s own.
+void grpc::internal::ServerCallbackCall::ScheduleOnDone(bool inline_ondone) {
+  static const auto real = Real<void (*)(ServerCallbackCall*, bool)>(
+      "_ZN4grpc8internal18ServerCallbackCall14ScheduleOnDoneEb");
+  __tsan_acquire(&callbacks_outstanding_);
+  real(this, inline_ondone);
+}
+
+void grpc::internal::ServerCallbackCall::CallOnCancel(ServerReactor* reactor) {
+  static const auto real = Real<void (*)(ServerCallbackCall*, ServerReactor*)>(
+      "_ZN4grpc8internal18ServerCallbackCall12CallOnCancelEPNS0_13ServerReactorE");
+  __tsan_acquire(&on_cancel_conditions_remaining_);
+  real(this, reactor);
 }
