@@ -228,11 +228,15 @@ void Engine::ApplyJob(JobEntry& e, const v1::Job& job) {
   if (IsTerminal(new_state) && !IsTerminal(old_state)) FireJobWaiters(e);
 }
 
+void Engine::ShowLease(const JobEntry& e, v1::Job* job) const {
+  if (job->state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
+    *job->mutable_lease_deadline() = ToProto(e.lease_deadline);
+  }
+}
+
 v1::Job Engine::Held(const JobEntry& e) const {
   v1::Job job = e.job.Unpack();
-  if (job.state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
-    *job.mutable_lease_deadline() = ToProto(e.lease_deadline);
-  }
+  ShowLease(e, &job);
   return job;
 }
 
@@ -275,9 +279,7 @@ absl::StatusOr<v1::Job> Engine::Hold(JobEntry& e) {
   if (absl::Status s = ReadJob(store_, e.id, &bytes, &job); !s.ok()) return s;
   e.job.Hold(bytes);
   job.set_state(e.job.state());
-  if (job.state() == v1::JOB_STATE_LEASED && e.lease_token != 0) {
-    *job.mutable_lease_deadline() = ToProto(e.lease_deadline);
-  }
+  ShowLease(e, &job);
   return job;
 }
 

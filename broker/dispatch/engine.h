@@ -425,6 +425,8 @@ class Engine {
   absl::StatusOr<v1::Job> Load(const JobEntry& e) const;
   // As Load, REQUIRES e.job.held().
   v1::Job Held(const JobEntry& e) const;
+  // Sets `job`'s lease deadline from memory while it is leased.
+  void ShowLease(const JobEntry& e, v1::Job* job) const;
   // As Load, and holds the bytes: call before a write of the job (a read
   // while the write is in flight must not see the store's newer record).
   absl::StatusOr<v1::Job> Hold(JobEntry& e);

@@ -11,14 +11,6 @@
 namespace errand::e2e {
 namespace {
 
-// Sanitizer builds (ASan's quarantine, TSan's shadow memory) inflate RSS far
-// beyond what the broker holds, so memory bounds are asserted only in plain
-// builds; the functional checks run everywhere.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kRssIsMeaningful = false;
-#else
-constexpr bool kRssIsMeaningful = true;
-#endif
 
 class EventsE2ESlow : public BrokerTest {};
 

@@ -14,13 +14,6 @@
 namespace errand::e2e {
 namespace {
 
-// Under ASan and TSan the broker's shadow memory counts in its RSS: the
-// figures are printed, not bounded.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kBounded = false;
-#else
-constexpr bool kBounded = true;
-#endif
 
 // Peak resident set size of a process in KiB (VmHWM); 0 if unreadable.
 uint64_t VmHwmKb(pid_t pid) {
@@ -58,7 +51,7 @@ TEST_F(HostileMemory, MaxBatchOfTinyJobs) {
   grpc::Status s;
   const uint64_t kb = PeakGrowthKb("1000 tiny jobs", batch, &s);
   EXPECT_TRUE(s.ok()) << Show(s);
-  if (kBounded) {
+  if (kRssIsMeaningful) {
     EXPECT_LT(kb, 32u << 10);
   }
   EXPECT_EQ(client().Stats("q").ready(), 1000u);
@@ -74,7 +67,7 @@ TEST_F(HostileMemory, MaximalMessageOfPayload) {
   EXPECT_TRUE(s.ok()) << Show(s);
   // Measured: about twice the message (the received bytes, the parsed jobs
   // and their records on the way to the store).
-  if (kBounded) {
+  if (kRssIsMeaningful) {
     EXPECT_LT(kb, 4 * batch.size() / 1024 + (32u << 10));
   }
   EXPECT_EQ(client().Stats("big").ready(), 63u);
@@ -96,7 +89,7 @@ TEST_F(HostileMemory, MaximalMessageOfEmptyJobs) {
   EXPECT_NE(s.error_message().find("--max-batch"), std::string::npos) << Show(s);
   // The jobs are counted in the bytes, not parsed: about the message itself.
   // (Parsed, they took some 250 bytes each: 8 GB.)
-  if (kBounded) {
+  if (kRssIsMeaningful) {
     EXPECT_LT(kb, 2 * batch.size() / 1024 + (32u << 10));
   }
   EXPECT_FALSE(client().MustEnqueue(NewJob("after")).empty());

@@ -30,6 +30,16 @@ v1::Job FullJob() {
   return job;
 }
 
+// The fields FullJob() sets that a PackedJob tracks without its bytes.
+void ExpectFullJobsHotFields(const PackedJob& packed) {
+  EXPECT_EQ(packed.state(), v1::JOB_STATE_SCHEDULED);
+  EXPECT_EQ(packed.priority(), -7);
+  EXPECT_EQ(packed.attempts(), 3u);
+  EXPECT_TRUE(packed.cancel_requested());
+  EXPECT_TRUE(packed.has_idempotency_key());
+  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+}
+
 TEST(PackedJobTest, UnpackGivesBackTheWholeJob) {
   const v1::Job job = FullJob();
   PackedJob packed;
@@ -51,12 +61,7 @@ TEST(PackedJobTest, StaysSmall) {
 TEST(PackedJobTest, HotFieldsNeedNoUnpack) {
   PackedJob packed;
   packed.Pack(FullJob());
-  EXPECT_EQ(packed.state(), v1::JOB_STATE_SCHEDULED);
-  EXPECT_EQ(packed.priority(), -7);
-  EXPECT_EQ(packed.attempts(), 3u);
-  EXPECT_TRUE(packed.cancel_requested());
-  EXPECT_TRUE(packed.has_idempotency_key());
-  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+  ExpectFullJobsHotFields(packed);
   EXPECT_EQ(packed.updated_at().time_since_epoch(),
             std::chrono::microseconds(1'700'000'000'123'456));
 
@@ -87,12 +92,7 @@ TEST(PackedJobTest, TrackKeepsTheHotFieldsWithoutBytes) {
   packed.Track(job);  // drops the bytes a Pack held
   EXPECT_FALSE(packed.held());
   EXPECT_EQ(packed.wire_size(), 0u);
-  EXPECT_EQ(packed.state(), v1::JOB_STATE_SCHEDULED);
-  EXPECT_EQ(packed.priority(), -7);
-  EXPECT_EQ(packed.attempts(), 3u);
-  EXPECT_TRUE(packed.cancel_requested());
-  EXPECT_TRUE(packed.has_idempotency_key());
-  EXPECT_EQ(packed.concurrency_key(), "tenant-5");
+  ExpectFullJobsHotFields(packed);
 }
 
 TEST(PackedJobTest, HoldKeepsTheGivenBytesAndDropLetsThemGo) {

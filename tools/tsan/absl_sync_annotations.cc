@@ -16,26 +16,17 @@
 // name rather than run unannotated.
 
 #include <absl/synchronization/mutex.h>
-#include <dlfcn.h>
 #include <link.h>
 #include <sanitizer/tsan_interface.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
+
+#include "real_symbol.h"
 
 namespace {
 
-template <typename Fn>
-Fn Real(const char* name) {
-  void* p = dlsym(RTLD_NEXT, name);
-  if (p == nullptr) {
-    std::fprintf(stderr, "tsan absl annotations: %s not found\n", name);
-    std::abort();
-  }
-  return reinterpret_cast<Fn>(p);
-}
+using errand::tsan::Real;
 
 using MuFn = void (*)(absl::Mutex*);
 using MuTryFn = bool (*)(absl::Mutex*);

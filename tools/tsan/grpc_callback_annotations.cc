@@ -32,7 +32,6 @@
 // version makes Real() abort with the missing name.
 
 #include <absl/status/status.h>
-#include <dlfcn.h>
 #include <grpc/grpc.h>
 #include <grpcpp/support/server_callback.h>
 #include <link.h>
@@ -42,12 +41,12 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <utility>
 #include <vector>
+
+#include "real_symbol.h"
 
 struct grpc_closure;
 
@@ -64,15 +63,7 @@ class Executor {
 
 namespace {
 
-template <typename Fn>
-Fn Real(const char* name) {
-  void* p = dlsym(RTLD_NEXT, name);
-  if (p == nullptr) {
-    std::fprintf(stderr, "tsan grpc annotations: %s not found\n", name);
-    std::abort();
-  }
-  return reinterpret_cast<Fn>(p);
-}
+using errand::tsan::Real;
 
 // The executable code of the executable and of libgrpc++ (where the C++
 // API's functors and closures live). A functor's functor_run points there; a
