@@ -155,11 +155,10 @@ absl::StatusOr<uint64_t> JobStore::FirstEventSeq() {
 }
 
 absl::StatusOr<std::optional<JobRecord>> JobStore::GetJob(uint64_t id) {
-  std::string value;
-  rocksdb::Status rs = db_->Get(rocksdb::ReadOptions(), jobs_cf_, EncodeBE64(id), &value);
-  if (rs.IsNotFound()) return std::optional<JobRecord>();
-  if (!rs.ok()) return FromRocks(rs, "reading job");
-  auto rec = DecodeJobRecord(EncodeBE64(id), value);
+  auto value = GetJobBytes(id);
+  if (!value.ok()) return value.status();
+  if (!value->has_value()) return std::optional<JobRecord>();
+  auto rec = DecodeJobRecord(EncodeBE64(id), **value);
   if (!rec.ok()) return rec.status();
   return std::optional<JobRecord>(std::move(*rec));
 }
