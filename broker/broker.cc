@@ -51,11 +51,11 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const
   return grpc::SslServerCredentials(opts);
 }
 
-// Runs `fn` on core and waits for it. Only for start and stop.
+// Runs `fn` in core and waits for it. Only for start and stop.
 template <typename F>
-void RunOnCore(asio::io_context& core, F fn) {
+void RunOnCore(util::CoreExecutor& core, F fn) {
   std::promise<void> done;
-  asio::post(core, [&] {
+  core.Post([&] {
     fn();
     done.set_value();
   });
@@ -101,9 +101,12 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   // and answers unsynced writes at once; the syncer fsyncs.
   popts.write_on_post_thread = true;
   Broker* raw = b.get();
+  // The fsync thread hands its answers to the core thread: running core in
+  // place would hold up the next fsync.
+  popts.deliver_post = [raw](std::function<void()> fn) { raw->exec_.Post(std::move(fn)); };
   b->pipeline_ = std::make_unique<commit::CommitPipeline>(
       b->store_.get(), popts,
-      [raw](std::function<void()> fn) { asio::post(raw->core_, std::move(fn)); }, *last_seq,
+      [raw](std::function<void()> fn) { raw->exec_.Run(std::move(fn)); }, *last_seq,
       *first_seq);
 
   dispatch::EngineOptions eopts;
@@ -117,12 +120,14 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     eopts.request_compaction = [store_ptr] { store_ptr->RequestJobsCompaction(); };
   }
   eopts.sync_by_default = config.commit == commit::SyncMode::kAlways;
+  eopts.on_core = [raw](std::function<void()> fn) { raw->exec_.Run(std::move(fn)); };
   b->engine_ = std::make_unique<dispatch::Engine>(b->core_, b->clock_, *b->store_, b->pipeline_.get(), eopts,
                                                   b->store_->boot_epoch());
   if (auto s = b->engine_->Recover(); !s.ok()) return s;
+  hub::EventHub::Options hopts;
+  hopts.post_to_core = [raw](std::function<void()> fn) { raw->exec_.Post(std::move(fn)); };
   b->hub_ = std::make_unique<hub::EventHub>(b->core_, b->readers_, b->store_.get(),
-                                            b->pipeline_.get(), hub::EventHub::Options{},
-                                            *last_seq);
+                                            b->pipeline_.get(), hopts, *last_seq);
   b->pipeline_->SetEventSink(
       [raw](std::vector<v1::Event>&& events) {
         raw->hub_->Publish(events);
@@ -136,7 +141,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
     util::SetThreadName("errand-core");
     raw->core_.run();
   });
-  RunOnCore(b->core_, [raw] { raw->engine_->Start(); });
+  RunOnCore(b->exec_, [raw] { raw->engine_->Start(); });
   // Start releases the jobs that were leased when the broker went down,
   // with writes of their own (fsynced in sync mode: they carry events).
   // Serve once those committed, so that the first reads see the jobs READY.
@@ -144,6 +149,7 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
 
   auto& ctx = b->ctx_;
   ctx.core = &b->core_;
+  ctx.exec = &b->exec_;
   ctx.engine = b->engine_.get();
   ctx.pipeline = b->pipeline_.get();
   ctx.hub = b->hub_.get();
@@ -245,7 +251,7 @@ void Broker::AwaitCommitsAnswered(std::chrono::steady_clock::duration limit) {
   int idle_in_a_row = 0;
   while (idle_in_a_row < 2 && std::chrono::steady_clock::now() < until) {
     bool idle = false;
-    RunOnCore(core_, [this, &idle] { idle = pipeline_->Idle(); });
+    RunOnCore(exec_, [this, &idle] { idle = pipeline_->Idle(); });
     idle_in_a_row = idle ? idle_in_a_row + 1 : 0;
     if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -259,7 +265,7 @@ absl::Status Broker::Stop() {
   }
   // 1. Refuse new work and answer long polls.
   if (core_thread_.joinable()) {
-    RunOnCore(core_, [this] {
+    RunOnCore(exec_, [this] {
       ctx_.stopping = true;
       engine_->Shutdown();
       hub_->Shutdown(absl::UnavailableError("broker is shutting down"));
@@ -282,7 +288,9 @@ absl::Status Broker::Stop() {
   }
   // 4. Commit and fsync whatever is still queued; results go to core.
   if (pipeline_) pipeline_->Stop();
-  // 5. Drain core.
+  // 5. Drain core. No gRPC thread runs core any more; what is left runs on
+  // the core thread.
+  exec_.CloseInPlace();
   if (core_thread_.joinable()) {
     work_.reset();
     core_thread_.join();

@@ -24,6 +24,7 @@
 #include "service/workers_service.h"
 #include "store/job_store.h"
 #include "util/clock.h"
+#include "util/core_executor.h"
 
 namespace errand {
 
@@ -65,6 +66,9 @@ class Broker {
   util::SystemClock clock_;
   std::unique_ptr<store::JobStore> store_;
   asio::io_context core_{1};
+  // Core: closures run one at a time, in place on the calling thread when
+  // core is idle, else by whoever runs it (see util/core_executor.h).
+  util::CoreExecutor exec_{core_};
   std::unique_ptr<asio::executor_work_guard<asio::io_context::executor_type>> work_;
   std::thread core_thread_;
   std::unique_ptr<commit::CommitPipeline> pipeline_;

@@ -22,7 +22,8 @@ CommitPipeline::CommitPipeline(store::JobStore* store, Options options, Post pos
                                uint64_t last_event_seq, uint64_t first_event_seq)
     : store_(store),
       options_(options),
-      post_(std::move(post)),
+      post_(post),
+      deliver_post_(options_.deliver_post ? options_.deliver_post : std::move(post)),
       event_seq_(last_event_seq),
       committed_event_seq_(last_event_seq),
       first_event_seq_(first_event_seq) {}
@@ -245,7 +246,7 @@ void CommitPipeline::Deliver(std::vector<Pending> pending, bool synced,
     RunResults(pending, synced, error, sink_);
     return;
   }
-  post_([pending = std::move(pending), synced, error, sink = &sink_]() mutable {
+  deliver_post_([pending = std::move(pending), synced, error, sink = &sink_]() mutable {
     RunResults(pending, synced, error, *sink);
   });
 }

@@ -132,6 +132,11 @@ class CommitPipeline {
     // for the write itself. The broker sets it; false keeps a writer thread
     // (for a `post` that must not do I/O). Default: false.
     bool write_on_post_thread = false;
+    // How the syncer thread hands over the results of the writes it fsynced.
+    // Empty: `post`. The broker's `post` may run the closure in place, on
+    // the calling thread; the syncer must not be held up that way, so the
+    // broker gives a `deliver_post` that only queues.
+    Post deliver_post;
   };
 
   struct Stats {
@@ -232,6 +237,7 @@ class CommitPipeline {
   store::JobStore* const store_;
   const Options options_;
   const Post post_;
+  const Post deliver_post_;  // results of fsynced writes (Options::deliver_post)
   EventSink sink_;
 
   mutable absl::Mutex mu_;

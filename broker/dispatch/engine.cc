@@ -304,7 +304,7 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
   w.done = std::move(done);
   w.timer = std::make_unique<asio::steady_timer>(core_, timeout);
   e->Wait().waiters.push_back(wid);
-  w.timer->async_wait([this, wid](const std::error_code& ec) {
+  w.timer->async_wait(OnCore([this, wid](const std::error_code& ec) {
     if (ec) return;
     auto it = job_waiters_.find(wid);
     if (it == job_waiters_.end()) return;
@@ -316,7 +316,7 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
     } else {
       w.done(absl::NotFoundError("job " + store::FormatJobId(w.job_id) + " was deleted"), false);
     }
-  });
+  }));
   return wid;
 }
 
@@ -661,14 +661,14 @@ uint64_t Engine::Lease(LeaseSpec spec, LeaseDone done) {
   w.timer = std::make_unique<asio::steady_timer>(core_, spec.wait);
   w.spec = std::move(spec);
   w.done = std::move(done);
-  w.timer->async_wait([this, wid](const std::error_code& ec) {
+  w.timer->async_wait(OnCore([this, wid](const std::error_code& ec) {
     if (ec) return;
     Waiter expired;
     auto it = waiters_.find(wid);
     if (it == waiters_.end()) return;
     RemoveWaiter(wid, &expired);
     expired.done(std::vector<v1::Lease>());
-  });
+  }));
   return wid;
 }
 
@@ -1181,10 +1181,10 @@ void Engine::ArmTimers() {
   auto wait = *next - clock_.Now();
   if (wait.count() < 0) wait = wait.zero();
   timer_.expires_after(std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait));
-  timer_.async_wait([this](const std::error_code& ec) {
+  timer_.async_wait(OnCore([this](const std::error_code& ec) {
     if (ec) return;
     OnTimer();
-  });
+  }));
 }
 
 // ---------------------------------------------------------------------------

@@ -75,6 +75,11 @@ struct EngineOptions {
   // Asks the store to compact the jobs column family. Called on core: must
   // return at once (the store compacts on its own thread). Default: none.
   std::function<void()> request_compaction;
+  // How a timer's expiry enters core. The engine's timers run on the
+  // io_context given to the constructor; when core is more than that
+  // context's thread (the broker's util::CoreExecutor), this hands the
+  // expiry to core. Empty: run it on the io_context's thread.
+  std::function<void(std::function<void()>)> on_core;
 };
 
 // What a committed enqueue reports.
@@ -279,6 +284,18 @@ class Engine {
   void OnTimer();
 
  private:
+  // A timer handler that runs `h` in core (EngineOptions::on_core).
+  template <typename H>
+  auto OnCore(H h) {
+    return [this, h = std::move(h)](const std::error_code& ec) mutable {
+      if (!options_.on_core) {
+        h(ec);
+        return;
+      }
+      options_.on_core([h, ec]() mutable { h(ec); });
+    };
+  }
+
   struct QueueState;
 
   // One per job: millions may be held, so the committed job is kept packed

@@ -207,7 +207,7 @@ void EventHub::StartRead(Session& s) {
   const uint64_t id = s.id;
   asio::post(readers_, [this, id, filter = s.filter, cursor = s.cursor] {
     ReadResult r = ReadLog(store_, filter, cursor, options_.buffer, options_.read_scan);
-    asio::post(core_, [this, id, cursor, r = std::move(r)]() mutable {
+    auto on_core = [this, id, cursor, r = std::move(r)]() mutable {
       auto it = sessions_.find(id);
       if (it == sessions_.end()) return;
       Session& s = *it->second;
@@ -233,7 +233,12 @@ void EventHub::StartRead(Session& s) {
       // so a read that reached it has seen all of them.
       if (s.cursor >= head_seq_) s.live = true;
       Pump(s);
-    });
+    };
+    if (options_.post_to_core) {
+      options_.post_to_core(std::move(on_core));
+    } else {
+      asio::post(core_, std::move(on_core));
+    }
   });
 }
 

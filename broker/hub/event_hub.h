@@ -73,6 +73,9 @@ class EventHub {
     size_t max_subscribers = 10000;
     // Events scanned per disk read. Default: 4096.
     size_t read_scan = 4096;
+    // How a disk read's result (on a `readers` thread) enters core. Empty:
+    // posted to `core`'s thread.
+    std::function<void(std::function<void()>)> post_to_core;
   };
 
   // All pointers must outlive the hub.

@@ -13,15 +13,21 @@
 #include "hub/event_hub.h"
 #include "service/validate.h"
 #include "util/clock.h"
+#include "util/core_executor.h"
 
 namespace errand::service {
 
 class WorkerRegistry;
 
 // What the gRPC services share. Services run on gRPC callback threads: they
-// validate, then post to core, and never block or touch the store.
+// validate, then hand the rest to core (OnCore), and never block or touch the
+// store outside it. "Thread: core" below means: only inside core's closures
+// (util::CoreExecutor), whichever OS thread runs them.
 struct ServiceContext {
+  // Core's io_context: timers are created on it, and their handlers enter
+  // core with OnCore.
   asio::io_context* core = nullptr;
+  util::CoreExecutor* exec = nullptr;
   dispatch::Engine* engine = nullptr;  // Thread: core
   commit::CommitPipeline* pipeline = nullptr;
   hub::EventHub* hub = nullptr;  // Thread: core
@@ -54,9 +60,12 @@ struct ServiceContext {
   // services.
   const auth::Authenticator* auth = nullptr;
 
+  // Runs `f` in core: in place when core is idle (the calling gRPC thread
+  // does the work and writes the answer itself), otherwise after what is
+  // queued. Never nested in the closure that calls it.
   template <typename F>
   void OnCore(F&& f) const {
-    asio::post(*core, std::forward<F>(f));
+    exec->Run(std::forward<F>(f));
   }
 };
 

@@ -150,12 +150,14 @@ class WorkerStreamReactor final
     ctx->workers->AddGraceTimer(timer);
     timer->async_wait([ctx, timer, held](const std::error_code& ec) {
       if (ec) return;  // cancelled at shutdown
-      for (auto& [id, token] : *held) {
-        // A reconnected worker that extended the lease on its new stream
-        // holds it again: keep it.
-        if (ctx->workers->IsHeld(id)) continue;
-        ctx->engine->ReleaseLease(id, token, v1::ATTEMPT_OUTCOME_WORKER_LOST);
-      }
+      ctx->OnCore([ctx, held] {
+        for (auto& [id, token] : *held) {
+          // A reconnected worker that extended the lease on its new stream
+          // holds it again: keep it.
+          if (ctx->workers->IsHeld(id)) continue;
+          ctx->engine->ReleaseLease(id, token, v1::ATTEMPT_OUTCOME_WORKER_LOST);
+        }
+      });
     });
   }
 

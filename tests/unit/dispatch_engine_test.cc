@@ -824,6 +824,34 @@ TEST_F(EngineTest, WaitingLeaseEndsEmptyWhenItsWaitPasses) {
   EXPECT_EQ(engine_->waiting_leases(), 0u);
 }
 
+TEST_F(EngineTest, TimerExpiriesEnterCoreThroughOnCore) {
+  // The broker's core runs closures on whichever thread hands them in; a
+  // timer fires on the io_context's thread and must hand its work to core.
+  std::vector<std::function<void()>> handed;
+  options_.on_core = [&](std::function<void()> fn) { handed.push_back(std::move(fn)); };
+  Restart();
+  std::optional<absl::StatusOr<std::vector<v1::Lease>>> lease;
+  engine_->Lease(Spec({"q"}, 1, milliseconds(10)),
+                 [&](absl::StatusOr<std::vector<v1::Lease>> r) { lease = std::move(r); });
+  const uint64_t id = Enqueue(Req("other"));
+  std::optional<bool> waited_terminal;
+  engine_->WaitJob(id, milliseconds(10), [&](absl::StatusOr<v1::Job>, bool terminal) {
+    waited_terminal = terminal;
+  });
+  // Both timers expire on the io_context; neither waiter is answered until
+  // the handed-over closures run.
+  ASSERT_TRUE(RunUntil([&] { return handed.size() >= 2; }));
+  EXPECT_FALSE(lease.has_value());
+  EXPECT_FALSE(waited_terminal.has_value());
+  for (auto& fn : handed) fn();
+  ASSERT_TRUE(lease.has_value());
+  ASSERT_TRUE(lease->ok()) << lease->status();
+  EXPECT_TRUE((*lease)->empty());
+  ASSERT_TRUE(waited_terminal.has_value());
+  EXPECT_FALSE(*waited_terminal);
+  options_.on_core = nullptr;
+}
+
 TEST_F(EngineTest, CancelLeaseWaitRemovesTheWaiter) {
   bool answered = false;
   const uint64_t wid =
