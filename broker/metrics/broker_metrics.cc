@@ -119,6 +119,15 @@ std::string RenderMetrics(const BrokerSample& s) {
   w.Counter("errand_subscribers_cut_off_total",
             "Subscribers ended with OUT_OF_RANGE because they fell behind the retained log.",
             static_cast<double>(s.subscribers_cut_off_total));
+  w.Family("errand_core_closures_total",
+           "Units of work run in core since start, by thread: in_place on the thread that handed "
+           "them in (a gRPC thread, with no hand-off), or on the core thread (timers, answers "
+           "after an fsync, and work that queued while core was busy).",
+           "counter");
+  w.Sample("errand_core_closures_total", {{"ran", "in_place"}},
+           static_cast<double>(s.core_in_place));
+  w.Sample("errand_core_closures_total", {{"ran", "core_thread"}},
+           static_cast<double>(s.core_on_core_thread));
   w.Family("errand_long_polls", "Long-poll calls waiting now, by kind.", "gauge");
   w.Sample("errand_long_polls", {{"kind", "lease"}}, static_cast<double>(s.lease_waiters));
   w.Sample("errand_long_polls", {{"kind", "wait_job"}}, static_cast<double>(s.wait_job_waiters));

@@ -45,6 +45,9 @@ struct BrokerSample {
            subscriber_lag_total = 0, subscribers_cut_off_total = 0;
   // Long polls waiting now.
   uint64_t lease_waiters = 0, wait_job_waiters = 0;
+  // Closures core ran in place (on the thread that handed them in) and on
+  // the core thread.
+  uint64_t core_in_place = 0, core_on_core_thread = 0;
   // Store and process.
   std::vector<ColumnFamilySample> column_families;
   uint64_t resident_memory_bytes = 0, virtual_memory_bytes = 0;

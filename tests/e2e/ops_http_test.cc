@@ -86,6 +86,29 @@ TEST_F(OpsHttpE2E, MetricsMoveWithEnqueueLeaseCompleteFailAndDead) {
   EXPECT_NOT_CONTAINS(broker_->Log(), ("broken"));
 }
 
+TEST_F(OpsHttpE2E, RequestsRunInCoreOnTheThreadThatReadThem) {
+  // An idle core runs a request's work on the gRPC thread that read it; the
+  // core thread runs timers and the answers that follow an fsync.
+  const std::string before = Scrape();
+  const double in_place = MetricValue(before, "errand_core_closures_total{ran=\"in_place\"}");
+  const double core_thread =
+      MetricValue(before, "errand_core_closures_total{ran=\"core_thread\"}");
+  ASSERT_FALSE(std::isnan(in_place));
+  ASSERT_FALSE(std::isnan(core_thread));
+  constexpr int kCalls = 20;
+  for (int i = 0; i < kCalls; ++i) client().MustEnqueue(NewJob("in-place", "p"));
+  const std::string after = Scrape();
+  // One closure per call at least; most find core idle (the calls are
+  // sequential), so they ran in place.
+  EXPECT_GE(MetricValue(after, "errand_core_closures_total{ran=\"in_place\"}") - in_place,
+            kCalls / 2)
+      << after;
+  // Sync mode: each answer came from the core thread after its fsync.
+  EXPECT_GE(MetricValue(after, "errand_core_closures_total{ran=\"core_thread\"}") - core_thread,
+            1)
+      << after;
+}
+
 TEST_F(OpsHttpE2E, ExpiredLeasesAreCounted) {
   const std::string q = "expiry-q";
   client().MustEnqueue(NewJob(q));

@@ -37,6 +37,8 @@ BrokerSample Sample() {
   s.commit_writes = 20;
   s.commit_groups = 10;
   s.fsyncs = 3;
+  s.core_in_place = 70;
+  s.core_on_core_thread = 12;
   Histogram sizes(Histogram::PowersOfTwo(4));
   sizes.Observe(1);
   sizes.Observe(3);
@@ -88,6 +90,8 @@ TEST(BrokerMetricsTest, ReportsCommitEventsStoreAndProcess) {
   EXPECT_THAT(text, HasSubstr("\nerrand_subscribers 2\n"));
   EXPECT_THAT(text, HasSubstr("\nerrand_subscriber_lag_max_events 9\n"));
   EXPECT_THAT(text, HasSubstr("\nerrand_long_polls{kind=\"lease\"} 4\n"));
+  EXPECT_THAT(text, HasSubstr("\nerrand_core_closures_total{ran=\"in_place\"} 70\n"));
+  EXPECT_THAT(text, HasSubstr("\nerrand_core_closures_total{ran=\"core_thread\"} 12\n"));
   EXPECT_THAT(text, HasSubstr("\nerrand_rocksdb_sst_bytes{cf=\"jobs\"} 1000\n"));
   EXPECT_THAT(text, HasSubstr("\nerrand_rocksdb_pending_compaction_bytes{cf=\"jobs\"} 30\n"));
   EXPECT_THAT(text, HasSubstr("\nprocess_resident_memory_bytes 1048576\n"));
