@@ -167,7 +167,10 @@ case "$cmd" in
           export ERRAND_TEST_TIME_SCALE="${ERRAND_TEST_TIME_SCALE:-5}"
           # Reports inside the uninstrumented Debian libraries are suppressed
           # (see the file); the broker processes the e2e tests start inherit it.
-          export TSAN_OPTIONS="suppressions=$ROOT/tools/tsan.supp second_deadlock_stack=1 ${TSAN_OPTIONS:-}" ;;
+          # A longer history lets TSan restore the stack of an earlier access
+          # ("failed to restore the stack" otherwise), which the suppressions
+          # need to match: RocksDB's SstFileManagerImpl was reported unmatched.
+          export TSAN_OPTIONS="suppressions=$ROOT/tools/tsan.supp second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}" ;;
         *) echo "unknown option: $a" >&2; exit 2 ;;
       esac
     done
