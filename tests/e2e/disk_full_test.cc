@@ -133,7 +133,14 @@ TEST_P(DiskFullE2E, FullDiskRefusesWritesWithResourceExhaustedKeepsReadsAndRecov
   sub.add_queues(kQueue);
   sub.set_from_oldest(true);
   EventStream events(client_->events.get(), sub);
-  v1::Lease lease = client_->MustLeaseOne(kQueue);
+  // A lease long enough to outlast filling the disk on a slow (sanitizer,
+  // loaded) machine: the default 30 s ran out there, and the job was READY
+  // again before the test completed it.
+  v1::LeaseRequest lease_req = LeaseReq({kQueue}, 1);
+  *lease_req.mutable_lease_duration() = Dur(std::chrono::minutes(30));
+  auto leases = client_->MustLease(lease_req);
+  ASSERT_EQ(leases.size(), 1u);
+  v1::Lease lease = leases[0];
   ASSERT_FALSE(lease.job().id().empty());
 
   // Fill the disk, then enqueue until the broker says it is full (bounded:
