@@ -5,7 +5,7 @@
 //                [--payload=256] [--rate=1000] [--paced-n=5000]
 //                [--batch-size=100] [--batch-n=100000]
 //                [--phases=enqueue,drain,roundtrip,paced,batch] [--queue=bench]
-//                [--phase-timeout=120] [--credits=ack|early]
+//                [--phase-timeout=120] [--credits=ack|early|with-complete]
 //                [--scale-n=1000000] [--restart-signal=kill|term]
 //                [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]
 //                [--waiters=10000] [--scale-channels=4]
@@ -17,7 +17,10 @@
 // channel: hello(credits=1) -> delivery -> complete -> ack -> credits=1 -> ...
 // (one job at a time per worker, as a beanstalkd reserve/delete loop). With
 // --credits=early a worker grants its next credit right after sending the
-// complete, so the next lease is written in the same commit group.
+// complete, so the next lease is written in the same commit group; with
+// --credits=with-complete the credit rides in the complete message itself
+// (ConnectRequest.more_credits): one message fewer per job. Either way a
+// worker completes its next job only after the previous complete's ack.
 //
 // Phases (each one Google Benchmark run with manual time, one iteration):
 //   enqueue    N jobs, producers only; latency = one Enqueue call
@@ -112,7 +115,7 @@ void Usage() {
                "  [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]\n"
                "  [--payload=256] [--rate=1000] [--paced-n=5000] [--batch-size=100]\n"
                "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced,batch]\n"
-               "  [--queue=bench] [--phase-timeout=120] [--credits=ack|early] [--benchmark_...]\n"
+               "  [--queue=bench] [--phase-timeout=120] [--credits=ack|early|with-complete] [--benchmark_...]\n"
                "phases: enqueue drain roundtrip paced batch (the default: all five), and the\n"
                "opt-in scale phases, which need --spawn-broker (each starts its own broker):\n"
                "  scale-ready    [--scale-n=1000000] [--restart-signal=kill|term]\n"
@@ -221,8 +224,9 @@ bool ParseFlags(int* argc, char** argv) {
     std::fprintf(stderr, "errand-bench: --restart-signal must be kill or term\n");
     return false;
   }
-  if (g_flags.credits != "ack" && g_flags.credits != "early") {
-    std::fprintf(stderr, "errand-bench: --credits must be ack or early\n");
+  if (g_flags.credits != "ack" && g_flags.credits != "early" &&
+      g_flags.credits != "with-complete") {
+    std::fprintf(stderr, "errand-bench: --credits must be ack, early or with-complete\n");
     return false;
   }
   for (const auto& p : g_flags.phases) {
@@ -369,6 +373,8 @@ class Workers {
     std::vector<int64_t> lat, take;
     std::map<std::string, uint64_t> none;
     const bool early = g_flags.credits == "early";
+    const bool with_complete = g_flags.credits == "with-complete";
+    const bool ahead = early || with_complete;  // the next credit goes before the ack
     auto stream = g_workers_stub->Connect(&ctx);
     errand::v1::ConnectRequest req;
     auto* hello = req.mutable_hello();
@@ -387,6 +393,10 @@ class Workers {
       auto* c = req.mutable_complete();
       c->set_job_id(lease.job().id());
       c->set_lease_token(lease.lease_token());
+      if (with_complete) {
+        req.set_more_credits(1);
+        credit_ns = NowNs();
+      }
       pending_rid = rid;
       pending_start = from_enqueue_ ? PayloadStart(lease.job().payload()) : NowNs();
       bool w = stream->Write(req);
@@ -403,7 +413,7 @@ class Workers {
       if (msg.has_delivery()) {
         take.push_back(NowNs() - credit_ns);
         if (pending_rid != 0) {
-          if (!early) sink_->Error("worker: a delivery arrived while a completion was in flight");
+          if (!ahead) sink_->Error("worker: a delivery arrived while a completion was in flight");
           queued.push_back(std::move(*msg.mutable_delivery()));
           continue;
         }
@@ -427,7 +437,7 @@ class Workers {
           errand::v1::Lease next = std::move(queued.front());
           queued.erase(queued.begin());
           ok = complete(next);
-        } else if (!early) {
+        } else if (!ahead) {
           req.Clear();
           req.set_credits(1);
           credit_ns = NowNs();

@@ -87,7 +87,14 @@ class WorkerStreamReactor final
     ctx_->OnCore([ctx = ctx_, st = st_, req = std::move(req)]() mutable {
       st->reading = false;
       if (st->finished) return;
+      const uint32_t more_credits = req.more_credits();
       Handle(ctx, st, std::move(req));
+      if (more_credits > 0 && !st->finished && !st->closed && st->hello) {
+        // After the message's own work: a complete's write goes first, and
+        // the lease this credit starts joins the same commit group.
+        st->credits = std::min<uint64_t>(kMaxCredits, uint64_t{st->credits} + more_credits);
+        MaybeLease(ctx, st);
+      }
       if (!st->finished && !st->reading) {
         st->reading = true;
         st->reactor->StartRead(&st->reactor->request_);

@@ -219,6 +219,85 @@ TEST_F(StreamsE2EWorker, HelloCreditsBoundDeliveries) {
   EXPECT_EQ(st.ready(), 0u);
 }
 
+// The next credit rides in the complete (ConnectRequest.more_credits): one
+// message fewer per job. The ack and the next delivery both come, in either
+// order (the delivery need not wait for the complete's fsync).
+TEST_F(StreamsE2EWorker, MoreCreditsRideOnACompleteEvenAFailedOne) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i) ids.push_back(client().MustEnqueue(NewJob("ride-q", "r")));
+  auto wc = NewClient();
+  WorkerConn conn(wc->workers.get());
+  ASSERT_TRUE(conn.Hello({"ride-q"}, 1, 30s, "ride-worker"));
+  v1::Lease l0 = conn.NextDelivery();
+  ASSERT_EQ(l0.job().id(), ids[0]);
+
+  // Takes the next two messages: one ack, one delivery.
+  auto ack_and_delivery = [&](v1::ConnectAck* ack, v1::Lease* delivery) {
+    for (int i = 0; i < 2; ++i) {
+      auto m = conn.Next();
+      ASSERT_TRUE(m.has_value()) << "message " << i << " missing";
+      if (m->has_ack()) {
+        *ack = m->ack();
+      } else {
+        ASSERT_TRUE(m->has_delivery()) << m->DebugString();
+        *delivery = m->delivery();
+      }
+    }
+  };
+  v1::ConnectRequest r;
+  r.set_request_id(201);
+  r.mutable_complete()->set_job_id(l0.job().id());
+  r.mutable_complete()->set_lease_token(l0.lease_token());
+  r.set_more_credits(1);
+  ASSERT_TRUE(conn.Send(r));
+  v1::ConnectAck ack;
+  v1::Lease l1;
+  ack_and_delivery(&ack, &l1);
+  EXPECT_EQ(ack.request_id(), 201u);
+  EXPECT_EQ(ack.error_code(), 0) << ack.error_message();
+  EXPECT_EQ(l1.job().id(), ids[1]);
+  EXPECT_EQ(client().MustGetJob(ids[0]).state(), v1::JOB_STATE_SUCCEEDED);
+
+  // A complete that fails (stale token) still grants its credit.
+  r.set_request_id(202);
+  ASSERT_TRUE(conn.Send(r));
+  v1::Lease l2;
+  ack = {};
+  ack_and_delivery(&ack, &l2);
+  EXPECT_EQ(ack.request_id(), 202u);
+  EXPECT_EQ(ack.error_code(), kFailedPrecondition) << ack.error_message();
+  EXPECT_EQ(l2.job().id(), ids[2]);
+
+  // Those were all the credits: a new job waits.
+  const std::string late = client().MustEnqueue(NewJob("ride-q", "late"));
+  auto extra = conn.Next(300ms);
+  EXPECT_FALSE(extra.has_value()) << extra->DebugString();
+  // On a credits message the two add up.
+  v1::ConnectRequest grant;
+  grant.set_credits(1);
+  grant.set_more_credits(1);
+  ASSERT_TRUE(conn.Send(grant));
+  EXPECT_EQ(conn.NextDelivery().job().id(), late);
+  const std::string later = client().MustEnqueue(NewJob("ride-q", "later"));
+  EXPECT_EQ(conn.NextDelivery().job().id(), later);
+  EXPECT_EQ(client().Stats("ride-q").leased(), 4u);
+}
+
+TEST_F(StreamsE2EWorker, MoreCreditsOnHelloAddToItsCredits) {
+  for (int i = 0; i < 4; ++i) client().MustEnqueue(NewJob("hello-ride-q", "h"));
+  auto wc = NewClient();
+  WorkerConn conn(wc->workers.get());
+  v1::ConnectRequest r;
+  r.mutable_hello()->add_queues("hello-ride-q");
+  r.mutable_hello()->set_credits(1);
+  r.set_more_credits(2);
+  ASSERT_TRUE(conn.Send(r));
+  for (int i = 0; i < 3; ++i) conn.NextDelivery();
+  auto extra = conn.Next(300ms);
+  EXPECT_FALSE(extra.has_value()) << extra->DebugString();
+  EXPECT_EQ(client().Stats("hello-ride-q").leased(), 3u);
+}
+
 TEST_F(StreamsE2EWorker, AcksEchoRequestIdAndStaleTokenIsFailedPrecondition) {
   v1::EnqueueRequest req = NewJob("ack-q", "x");
   req.set_max_attempts(3);
