@@ -161,6 +161,7 @@ inline RunResult RunProgram(const std::vector<std::string>& argv, const std::str
     ::dup2(in_fd, 0);
     ::dup2(out_fd, 1);
     ::dup2(err_fd, 2);
+    testing::CloseInheritedDescriptors();
     ::execve(args[0], args.data(), envp.data());
     ::_exit(127);
   }
@@ -210,6 +211,7 @@ class BackgroundProgram {
       ::dup2(devnull, 0);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
+      testing::CloseInheritedDescriptors();
       ::execv(args[0], args.data());
       ::_exit(127);
     }
