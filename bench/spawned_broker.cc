@@ -98,6 +98,11 @@ bool SpawnedBroker::Launch(std::string* addr, Clock::duration ready_within) {
       ::dup2(fd, 2);
       ::close(fd);
     }
+    // None of our descriptors (sockets without close-on-exec) may live on in
+    // the broker: it would hold connections open that we closed.
+    if (::close_range(3, ~0U, 0) != 0) {
+      for (int i = 3; i < 65536; ++i) ::close(i);
+    }
     std::vector<char*> argv;
     for (auto& a : args_) argv.push_back(a.data());
     argv.push_back(nullptr);

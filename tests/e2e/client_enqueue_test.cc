@@ -3,6 +3,7 @@
 // restart in the middle of a stream of enqueues.
 
 #include <atomic>
+#include <filesystem>
 #include <future>
 #include <set>
 #include <thread>
@@ -26,6 +27,23 @@ class ClientTest : public BrokerTest {
   }
   std::unique_ptr<errand::Client> Connect() { return Connect(broker_->address()); }
 };
+
+// How many sockets of this process the process `pid` also holds.
+int SocketsSharedWith(pid_t pid) {
+  auto sockets = [](const std::string& dir) {
+    std::set<std::string> out;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+      std::string target = std::filesystem::read_symlink(e.path(), ec).string();
+      if (!ec && target.rfind("socket:", 0) == 0) out.insert(target);
+    }
+    return out;
+  };
+  auto mine = sockets("/proc/self/fd");
+  int shared = 0;
+  for (const auto& s : sockets("/proc/" + std::to_string(pid) + "/fd")) shared += mine.count(s);
+  return shared;
+}
 
 TEST_F(ClientTest, ConnectToNothingIsUnavailable) {
   ClientOptions o;
@@ -292,6 +310,37 @@ TEST_F(ClientTest, SurvivesNetworkDrops) {
   }
   EXPECT_EQ(ids.size(), 1000u);
   EXPECT_EQ(TotalJobs(client().Stats("drops")), 1000u);
+}
+
+// The sockets behind a connection through the proxy live in this process;
+// a broker started (fork + exec) while that connection is open must not
+// inherit them. If it did, it would hold the proxy's end open after the
+// proxy closed it: the client would not see its broker crash, and its
+// enqueues would hang until the keepalive gave up (the flaky
+// ClientSubscriptionTest.GapFreeAcrossBrokerKillAndNetworkDrop). Here the
+// successor starts before the crash, so that interleaving is certain.
+TEST_F(ClientTest, EnqueueMovesOnWhenTheSuccessorStartedBeforeTheCrash) {
+  TcpProxy proxy;
+  proxy.SetTarget(broker_->port());
+  auto c = Connect(proxy.address());
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->Enqueue(NewJob("successor")).ok());  // the connection is open
+
+  testing::TempDir dir;
+  testing::BrokerProcess successor(dir.path() + "/data");
+  std::string err;
+  ASSERT_TRUE(successor.Start(&err)) << err;
+  EXPECT_EQ(SocketsSharedWith(successor.pid()), 0)
+      << "the broker inherited sockets of the process that started it";
+
+  broker_->Kill();
+  proxy.SetTarget(successor.port());
+  EnqueueOptions eo;
+  // Unscaled, well below the 20s + 10s the keepalive takes to see a dead
+  // connection.
+  eo.timeout = testing::Scaled(10s);
+  auto id = c->Enqueue(NewJob("successor"), eo);
+  EXPECT_TRUE(id.ok()) << id.status();
 }
 
 }  // namespace

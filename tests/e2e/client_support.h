@@ -30,11 +30,13 @@
 namespace errand::e2e {
 
 // Listens on 127.0.0.1:<port()> and forwards every connection to
-// 127.0.0.1:<target>. Thread-safe.
+// 127.0.0.1:<target>. Thread-safe. Its sockets are close-on-exec: a program
+// started meanwhile (a restarted broker) must not hold a connection open
+// after the proxy closed it.
 class TcpProxy {
  public:
   TcpProxy() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     int one = 1;
     ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     sockaddr_in a{};
@@ -68,7 +70,7 @@ class TcpProxy {
     while (!stop_) {
       pollfd p{listen_fd_, POLLIN, 0};
       if (::poll(&p, 1, 50) <= 0) continue;
-      int c = ::accept(listen_fd_, nullptr, nullptr);
+      int c = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) continue;
       std::lock_guard<std::mutex> lock(mu_);
       conns_.emplace_back([this, c] { Pump(c); });
@@ -76,7 +78,7 @@ class TcpProxy {
   }
 
   void Pump(int c) {
-    int u = ::socket(AF_INET, SOCK_STREAM, 0);
+    int u = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -161,6 +163,7 @@ inline RunResult RunProgram(const std::vector<std::string>& argv, const std::str
     ::dup2(in_fd, 0);
     ::dup2(out_fd, 1);
     ::dup2(err_fd, 2);
+    testing::CloseInheritedDescriptors();
     ::execve(args[0], args.data(), envp.data());
     ::_exit(127);
   }
@@ -210,6 +213,7 @@ class BackgroundProgram {
       ::dup2(devnull, 0);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
+      testing::CloseInheritedDescriptors();
       ::execv(args[0], args.data());
       ::_exit(127);
     }

@@ -119,6 +119,14 @@ inline int TimeScale() {
   return scale;
 }
 
+// For a child between fork() and exec(): closes every descriptor from 3 up,
+// so that the program run holds none of the test process's sockets and
+// files. Most of those lack close-on-exec (the test's own sockets, a
+// TcpProxy's); a broker that inherited the proxy's end of a connection would
+// keep it open after the proxy closed it, and the client would never see its
+// broker go away. Async-signal-safe.
+void CloseInheritedDescriptors();
+
 // `d` times TimeScale().
 inline std::chrono::milliseconds Scaled(std::chrono::milliseconds d) { return d * TimeScale(); }
 
