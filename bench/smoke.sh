@@ -42,6 +42,22 @@ for mode in sync async; do
   done
 done
 
+# The worker credit modes: each completes every job, in both durabilities.
+for credits in early with-complete; do
+  out=$("$bench" --spawn-broker="$broker" --mode=sync --n=100 --producers=2 --workers=2 \
+        --credits=$credits --phases=enqueue,drain,roundtrip --phase-timeout=60 2>&1)
+  rc=$?
+  echo "$out"
+  if [ $rc -ne 0 ]; then
+    echo "FAIL: errand-bench --credits=$credits exited $rc"
+    exit 1
+  fi
+  for phase in drain roundtrip; do
+    has "$out" "^system=errand mode=sync phase=$phase jobs=100 .* credits=$credits .*status=ok" \
+        "no ok line for credits=$credits phase=$phase"
+  done
+done
+
 # The default phase set: the five phases, in order, nothing else.
 out=$("$bench" --spawn-broker="$broker" --mode=async --n=50 --paced-n=20 --rate=500 \
       --batch-n=200 --phase-timeout=60 2>&1)
