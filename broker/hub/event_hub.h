@@ -1,7 +1,9 @@
 #pragma once
 
 #include <absl/status/status.h>
+#include <absl/base/call_once.h>
 #include <absl/status/statusor.h>
+#include <grpcpp/support/slice.h>
 
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
@@ -42,17 +44,45 @@ struct Start {
   uint64_t after_seq = 0;
 };
 
+// One committed event as the hub hands it out. Every subscriber it goes to
+// shares the one object (a subscriber's buffer holds a pointer, not a copy),
+// and its encoding is made once for all of them.
+class SharedEvent {
+ public:
+  explicit SharedEvent(v1::Event event) : event_(std::move(event)) {}
+  SharedEvent(const SharedEvent&) = delete;
+  SharedEvent& operator=(const SharedEvent&) = delete;
+
+  const v1::Event& event() const { return event_; }
+
+  // The event serialized (the bytes of `Event`, as a field of a response
+  // carries them), made on the first call and shared by every later one: a
+  // copy of the slice is a reference, not a copy of the bytes.
+  // Thread: any.
+  const grpc::Slice& Serialized() const;
+
+ private:
+  const v1::Event event_;
+  mutable absl::once_flag serialized_;
+  mutable grpc::Slice bytes_;
+};
+using EventRef = std::shared_ptr<const SharedEvent>;
+
 // What a subscriber is: two callbacks the hub calls on core. `send` writes
-// one event; the hub sends the next only after WriteDone(id). `end` finishes
-// the stream (the hub forgets the subscriber first).
+// one event (or queues it for writing). It returns false when the hub must
+// wait for WriteDone(id) before it sends the next; true when the sink can
+// take the next at once (a sink that returns true must not have ended the
+// session, nor call WriteDone for that event). `end` finishes the stream (the
+// hub forgets the subscriber first).
 struct Sink {
-  std::function<void(const v1::Event&)> send;
+  std::function<bool(const EventRef&)> send;
   std::function<void(const absl::Status&)> end;
 };
 
 // The EventHub fans committed events out to subscribers.
 //
-// Each subscriber has a bounded buffer. While it keeps up it is LIVE: events
+// Each subscriber has a bounded buffer (and its sink may queue a bounded
+// number of events of its own). While it keeps up it is LIVE: events
 // are appended as they commit. A subscriber whose buffer is full switches to
 // CATCHUP: live events are no longer buffered for it, and once its buffer
 // drains the hub reads the missed events back from the event log on disk (on
@@ -105,7 +135,7 @@ class EventHub {
 
   // For metrics. A subscriber's lag is the number of committed events it
   // has not been sent yet (buffered, or not yet examined; events its filter
-  // skips count until examined).
+  // skips count until examined; what its sink queued counts as sent).
   struct Stats {
     size_t subscribers = 0;
     size_t catching_up = 0;   // reading back from disk (CATCHUP)
@@ -122,13 +152,13 @@ class EventHub {
     Sink sink;
     // Every event with seq <= cursor has been buffered or skipped.
     uint64_t cursor = 0;
-    std::deque<v1::Event> buffer;
+    std::deque<EventRef> buffer;
     bool live = true;
     bool in_flight = false;
     bool reading = false;
   };
 
-  void FanOut(const std::vector<v1::Event>& events);
+  void FanOut(const std::vector<EventRef>& events);
   void Pump(Session& s);
   void StartRead(Session& s);
   void End(uint64_t id, const absl::Status& status);
@@ -144,7 +174,7 @@ class EventHub {
   uint64_t cut_off_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   // Batches waiting for a lower sequence number, by their first seq.
-  std::map<uint64_t, std::vector<v1::Event>> pending_;
+  std::map<uint64_t, std::vector<EventRef>> pending_;
 };
 
 }  // namespace errand::hub
