@@ -97,7 +97,9 @@ class EventHub {
   struct Options {
     // Events buffered per subscriber; a subscriber further behind is caught
     // up from disk. Bounds memory: 1,000 subscribers that never read hold
-    // at most 64,000 events. Default: 64.
+    // at most 64,000 references to events (plus what their sinks queue: up
+    // to 64 more each for Subscribe). Live events are shared, not copied,
+    // between subscribers. Default: 64.
     size_t buffer = 64;
     // Most subscribers at once. Default: 10,000.
     size_t max_subscribers = 10000;
