@@ -63,13 +63,6 @@ ReadResult ReadLog(store::JobStore* store, const Filter& filter, uint64_t cursor
   return r;
 }
 
-std::vector<EventRef> Share(const std::vector<v1::Event>& events) {
-  std::vector<EventRef> out;
-  out.reserve(events.size());
-  for (const v1::Event& ev : events) out.push_back(std::make_shared<const SharedEvent>(ev));
-  return out;
-}
-
 }  // namespace
 
 const grpc::Slice& SharedEvent::Serialized() const {
@@ -105,18 +98,22 @@ void EventHub::Publish(const std::vector<v1::Event>& events) {
   if (events.empty()) return;
   if (events.front().seq() > head_seq_ + 1) {
     // An earlier write is still being fsynced: hold these until it is out.
-    pending_.emplace(events.front().seq(), Share(events));
+    pending_.emplace(events.front().seq(), events);
     return;
   }
-  FanOut(Share(events));
+  FanOut(events);
   while (!pending_.empty() && pending_.begin()->first <= head_seq_ + 1) {
     auto node = pending_.extract(pending_.begin());
     FanOut(node.mapped());
   }
 }
 
-void EventHub::FanOut(const std::vector<EventRef>& events) {
-  head_seq_ = std::max(head_seq_, events.back()->event().seq());
+void EventHub::FanOut(const std::vector<v1::Event>& events) {
+  head_seq_ = std::max(head_seq_, events.back().seq());
+  if (sessions_.empty()) return;
+  // Each event is copied once, when a first subscriber wants it; everyone
+  // it goes to shares that copy.
+  std::vector<EventRef> shared(events.size());
   std::vector<uint64_t> ids;
   ids.reserve(sessions_.size());
   for (auto& [id, s] : sessions_) ids.push_back(id);
@@ -125,18 +122,19 @@ void EventHub::FanOut(const std::vector<EventRef>& events) {
     if (it == sessions_.end()) continue;
     Session& s = *it->second;
     if (!s.live) continue;
-    for (const EventRef& ev : events) {
-      const uint64_t seq = ev->event().seq();
-      if (seq <= s.cursor) continue;
-      if (s.filter.Matches(ev->event())) {
+    for (size_t i = 0; i < events.size(); ++i) {
+      const v1::Event& ev = events[i];
+      if (ev.seq() <= s.cursor) continue;
+      if (s.filter.Matches(ev)) {
         if (s.buffer.size() >= options_.buffer) {
           // Too slow: the rest comes from disk once the buffer drains.
           s.live = false;
           break;
         }
-        s.buffer.push_back(ev);  // a reference: the event is not copied
+        if (shared[i] == nullptr) shared[i] = std::make_shared<const SharedEvent>(ev);
+        s.buffer.push_back(shared[i]);
       }
-      s.cursor = seq;
+      s.cursor = ev.seq();
     }
     Pump(s);
   }

@@ -160,7 +160,7 @@ class EventHub {
     bool reading = false;
   };
 
-  void FanOut(const std::vector<EventRef>& events);
+  void FanOut(const std::vector<v1::Event>& events);
   void Pump(Session& s);
   void StartRead(Session& s);
   void End(uint64_t id, const absl::Status& status);
@@ -176,7 +176,7 @@ class EventHub {
   uint64_t cut_off_ = 0;
   std::unordered_map<uint64_t, std::unique_ptr<Session>> sessions_;
   // Batches waiting for a lower sequence number, by their first seq.
-  std::map<uint64_t, std::vector<EventRef>> pending_;
+  std::map<uint64_t, std::vector<v1::Event>> pending_;
 };
 
 }  // namespace errand::hub
