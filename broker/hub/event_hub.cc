@@ -65,14 +65,11 @@ ReadResult ReadLog(store::JobStore* store, const Filter& filter, uint64_t cursor
 
 }  // namespace
 
-const grpc::Slice& SharedEvent::Serialized() const {
-  absl::call_once(serialized_, [this] {
-    const size_t size = event_.ByteSizeLong();
-    grpc_slice s = grpc_slice_malloc(size);
-    event_.SerializeWithCachedSizesToArray(GRPC_SLICE_START_PTR(s));
-    bytes_ = grpc::Slice(s, grpc::Slice::STEAL_REF);
-  });
-  return bytes_;
+SharedEvent::SharedEvent(v1::Event event) : event_(std::move(event)) {
+  const size_t size = event_.ByteSizeLong();
+  grpc_slice s = grpc_slice_malloc(size);
+  event_.SerializeWithCachedSizesToArray(GRPC_SLICE_START_PTR(s));
+  bytes_ = grpc::Slice(s, grpc::Slice::STEAL_REF);
 }
 
 bool Filter::Matches(const v1::Event& e) const {

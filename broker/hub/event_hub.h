@@ -1,7 +1,6 @@
 #pragma once
 
 #include <absl/status/status.h>
-#include <absl/base/call_once.h>
 #include <absl/status/statusor.h>
 #include <grpcpp/support/slice.h>
 
@@ -47,24 +46,23 @@ struct Start {
 // One committed event as the hub hands it out. Every subscriber it goes to
 // shares the one object (a subscriber's buffer holds a pointer, not a copy),
 // and its encoding is made once for all of them.
+// Immutable once made, so any thread may read it.
 class SharedEvent {
  public:
-  explicit SharedEvent(v1::Event event) : event_(std::move(event)) {}
+  explicit SharedEvent(v1::Event event);
   SharedEvent(const SharedEvent&) = delete;
   SharedEvent& operator=(const SharedEvent&) = delete;
 
   const v1::Event& event() const { return event_; }
 
   // The event serialized (the bytes of `Event`, as a field of a response
-  // carries them), made on the first call and shared by every later one: a
-  // copy of the slice is a reference, not a copy of the bytes.
-  // Thread: any.
-  const grpc::Slice& Serialized() const;
+  // carries them), made once with the object: a copy of the slice is a
+  // reference, not a copy of the bytes.
+  const grpc::Slice& Serialized() const { return bytes_; }
 
  private:
   const v1::Event event_;
-  mutable absl::once_flag serialized_;
-  mutable grpc::Slice bytes_;
+  grpc::Slice bytes_;
 };
 using EventRef = std::shared_ptr<const SharedEvent>;
 
