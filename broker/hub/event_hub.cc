@@ -1,5 +1,6 @@
 #include "hub/event_hub.h"
 
+#include <grpc/slice.h>
 #include <rocksdb/db.h>
 #include <spdlog/spdlog.h>
 
@@ -18,7 +19,7 @@ bool HasAny(const std::set<std::string>& set, const std::string& v) {
 
 struct ReadResult {
   absl::Status status;
-  std::vector<v1::Event> events;
+  std::vector<EventRef> events;
   uint64_t last_scanned = 0;
   bool gap = false;
   uint64_t first_seen = 0;
@@ -55,7 +56,7 @@ ReadResult ReadLog(store::JobStore* store, const Filter& filter, uint64_t cursor
     }
     v1::Event& ev = *decoded;
     r.last_scanned = seq;
-    if (filter.Matches(ev)) r.events.push_back(std::move(ev));
+    if (filter.Matches(ev)) r.events.push_back(std::make_shared<const SharedEvent>(std::move(ev)));
     if (++scanned >= max_scan || r.events.size() >= max_events) break;
   }
   if (!it->status().ok()) r.status = absl::InternalError("reading events: " + it->status().ToString());
@@ -63,6 +64,13 @@ ReadResult ReadLog(store::JobStore* store, const Filter& filter, uint64_t cursor
 }
 
 }  // namespace
+
+SharedEvent::SharedEvent(v1::Event event) : event_(std::move(event)) {
+  const size_t size = event_.ByteSizeLong();
+  grpc_slice s = grpc_slice_malloc(size);
+  event_.SerializeWithCachedSizesToArray(GRPC_SLICE_START_PTR(s));
+  bytes_ = grpc::Slice(s, grpc::Slice::STEAL_REF);
+}
 
 bool Filter::Matches(const v1::Event& e) const {
   if (!types.empty() && types.count(static_cast<int>(e.type())) == 0) return false;
@@ -99,6 +107,10 @@ void EventHub::Publish(const std::vector<v1::Event>& events) {
 
 void EventHub::FanOut(const std::vector<v1::Event>& events) {
   head_seq_ = std::max(head_seq_, events.back().seq());
+  if (sessions_.empty()) return;
+  // Each event is copied once, when a first subscriber wants it; everyone
+  // it goes to shares that copy.
+  std::vector<EventRef> shared(events.size());
   std::vector<uint64_t> ids;
   ids.reserve(sessions_.size());
   for (auto& [id, s] : sessions_) ids.push_back(id);
@@ -107,7 +119,8 @@ void EventHub::FanOut(const std::vector<v1::Event>& events) {
     if (it == sessions_.end()) continue;
     Session& s = *it->second;
     if (!s.live) continue;
-    for (const v1::Event& ev : events) {
+    for (size_t i = 0; i < events.size(); ++i) {
+      const v1::Event& ev = events[i];
       if (ev.seq() <= s.cursor) continue;
       if (s.filter.Matches(ev)) {
         if (s.buffer.size() >= options_.buffer) {
@@ -115,7 +128,8 @@ void EventHub::FanOut(const std::vector<v1::Event>& events) {
           s.live = false;
           break;
         }
-        s.buffer.push_back(ev);
+        if (shared[i] == nullptr) shared[i] = std::make_shared<const SharedEvent>(ev);
+        s.buffer.push_back(shared[i]);
       }
       s.cursor = ev.seq();
     }
@@ -191,15 +205,15 @@ void EventHub::Shutdown(const absl::Status& status) {
 }
 
 void EventHub::Pump(Session& s) {
-  if (s.in_flight) return;
-  if (!s.buffer.empty()) {
+  while (!s.in_flight && !s.buffer.empty()) {
     s.in_flight = true;
-    v1::Event ev = std::move(s.buffer.front());
+    EventRef ev = std::move(s.buffer.front());
     s.buffer.pop_front();
-    s.sink.send(ev);  // may end the session: do not touch `s` after this
-    return;
+    // A false answer may have ended the session: do not touch `s` then.
+    if (!s.sink.send(ev)) return;
+    s.in_flight = false;  // the sink took it and has room for the next
   }
-  if (!s.live && !s.reading) StartRead(s);
+  if (!s.in_flight && !s.live && !s.reading) StartRead(s);
 }
 
 void EventHub::StartRead(Session& s) {
@@ -227,7 +241,7 @@ void EventHub::StartRead(Session& s) {
                     std::to_string(pipeline_->first_event_seq())));
         return;
       }
-      for (v1::Event& ev : r.events) s.buffer.push_back(std::move(ev));
+      for (EventRef& ev : r.events) s.buffer.push_back(std::move(ev));
       s.cursor = std::max(s.cursor, r.last_scanned);
       // Every event up to head_seq_ was committed before it was published,
       // so a read that reached it has seen all of them.

@@ -2,6 +2,7 @@
 
 #include <absl/status/status.h>
 #include <absl/status/statusor.h>
+#include <grpcpp/support/slice.h>
 
 #include <asio/io_context.hpp>
 #include <asio/thread_pool.hpp>
@@ -42,17 +43,44 @@ struct Start {
   uint64_t after_seq = 0;
 };
 
+// One committed event as the hub hands it out. Every subscriber it goes to
+// shares the one object (a subscriber's buffer holds a pointer, not a copy),
+// and its encoding is made once for all of them.
+// Immutable once made, so any thread may read it.
+class SharedEvent {
+ public:
+  explicit SharedEvent(v1::Event event);
+  SharedEvent(const SharedEvent&) = delete;
+  SharedEvent& operator=(const SharedEvent&) = delete;
+
+  const v1::Event& event() const { return event_; }
+
+  // The event serialized (the bytes of `Event`, as a field of a response
+  // carries them), made once with the object: a copy of the slice is a
+  // reference, not a copy of the bytes.
+  const grpc::Slice& Serialized() const { return bytes_; }
+
+ private:
+  const v1::Event event_;
+  grpc::Slice bytes_;
+};
+using EventRef = std::shared_ptr<const SharedEvent>;
+
 // What a subscriber is: two callbacks the hub calls on core. `send` writes
-// one event; the hub sends the next only after WriteDone(id). `end` finishes
-// the stream (the hub forgets the subscriber first).
+// one event (or queues it for writing). It returns false when the hub must
+// wait for WriteDone(id) before it sends the next; true when the sink can
+// take the next at once (a sink that returns true must not have ended the
+// session, nor call WriteDone for that event). `end` finishes the stream (the
+// hub forgets the subscriber first).
 struct Sink {
-  std::function<void(const v1::Event&)> send;
+  std::function<bool(const EventRef&)> send;
   std::function<void(const absl::Status&)> end;
 };
 
 // The EventHub fans committed events out to subscribers.
 //
-// Each subscriber has a bounded buffer. While it keeps up it is LIVE: events
+// Each subscriber has a bounded buffer (and its sink may queue a bounded
+// number of events of its own). While it keeps up it is LIVE: events
 // are appended as they commit. A subscriber whose buffer is full switches to
 // CATCHUP: live events are no longer buffered for it, and once its buffer
 // drains the hub reads the missed events back from the event log on disk (on
@@ -67,7 +95,9 @@ class EventHub {
   struct Options {
     // Events buffered per subscriber; a subscriber further behind is caught
     // up from disk. Bounds memory: 1,000 subscribers that never read hold
-    // at most 64,000 events. Default: 64.
+    // at most 64,000 references to events (plus what their sinks queue: up
+    // to 64 more each for Subscribe). Live events are shared, not copied,
+    // between subscribers. Default: 64.
     size_t buffer = 64;
     // Most subscribers at once. Default: 10,000.
     size_t max_subscribers = 10000;
@@ -108,7 +138,7 @@ class EventHub {
 
   // For metrics. A subscriber's lag is the number of committed events it
   // has not been sent yet (buffered, or not yet examined; events its filter
-  // skips count until examined).
+  // skips count until examined; what its sink queued counts as sent).
   struct Stats {
     size_t subscribers = 0;
     size_t catching_up = 0;   // reading back from disk (CATCHUP)
@@ -125,7 +155,7 @@ class EventHub {
     Sink sink;
     // Every event with seq <= cursor has been buffered or skipped.
     uint64_t cursor = 0;
-    std::deque<v1::Event> buffer;
+    std::deque<EventRef> buffer;
     bool live = true;
     bool in_flight = false;
     bool reading = false;

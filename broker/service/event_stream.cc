@@ -1,17 +1,102 @@
 #include "service/event_stream.h"
 
+#include <deque>
 #include <memory>
 
 #include "dispatch/engine.h"
 #include "service/grpc_status.h"
+#include "service/stream_writer.h"
 #include "service/validate.h"
 
 namespace errand::service {
 namespace {
 
-// A server stream that the hub feeds. `State` is shared between the reactor
-// and core-side closures and is only read or written on core; after Finish,
-// core never touches the reactor again (gRPC deletes it in OnDone).
+// Events a Subscribe stream queues for writing before the hub holds the
+// rest in its own buffer (EventHub::Options::buffer): the stream writes them
+// one after another from gRPC's thread, with no hop to core per event.
+constexpr size_t kSubscribeQueue = 64;
+
+// Events.Subscribe, registered raw: each event goes out as the bytes of a
+// SubscribeResponse made of the event's shared serialization (one per event
+// for every subscriber, see EventResponseBytes), not a copy per subscriber.
+//
+// Writes go through a StreamWriter: core queues events (the hub's sink), a
+// write starts at once when none is in flight, and the next one from
+// OnWriteDone on gRPC's thread. Core hears from the stream only when the
+// writer's queue was full and has drained (WriteDone: the hub sends what it
+// held), when a write failed, and on cancel. `State` is shared between the
+// reactor and core-side closures; `finished` and `session` are core only.
+// Every Finish goes through the writer, which finishes after the write in
+// flight and never touches the reactor after that.
+class SubscribeStream final : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  using Writer = StreamWriter<grpc::ServerWriteReactor<grpc::ByteBuffer>, grpc::ByteBuffer,
+                              hub::EventRef>;
+
+  struct State : std::enable_shared_from_this<State> {
+    State(const ServiceContext* ctx, SubscribeStream* r)
+        : writer(
+              r,
+              [](std::deque<hub::EventRef>& queued, grpc::ByteBuffer* out) {
+                grpc::ByteBuffer bytes =
+                    EventResponseBytes(v1::SubscribeResponse::kEventFieldNumber, *queued.front());
+                out->Swap(&bytes);
+                queued.pop_front();
+              },
+              [ctx, this] {  // a write failed: the client is gone
+                ctx->OnCore([ctx, this, self = weak_from_this().lock()] {
+                  if (self == nullptr || finished) return;
+                  ctx->hub->Unsubscribe(session);
+                  finished = true;
+                  writer.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
+                });
+              },
+              [ctx, this] {  // the queue was full and has drained
+                ctx->OnCore([ctx, this, self = weak_from_this().lock()] {
+                  if (self == nullptr || finished) return;
+                  ctx->hub->WriteDone(session);
+                });
+              }) {}
+    bool finished = false;
+    uint64_t session = 0;
+    Writer writer;
+  };
+
+  SubscribeStream(const ServiceContext* ctx, CallLimiter::Slot slot)
+      : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<State>(ctx, this)) {}
+
+  void OnWriteDone(bool ok) override { st_->writer.OnWriteDone(ok); }
+
+  void OnCancel() override {
+    ctx_->OnCore([ctx = ctx_, st = st_] {
+      if (st->finished) return;
+      ctx->hub->Unsubscribe(st->session);
+      st->finished = true;
+      st->writer.Finish(grpc::Status(grpc::StatusCode::CANCELLED, "subscription cancelled"));
+    });
+  }
+
+  void OnDone() override { delete this; }
+
+  std::shared_ptr<State> st_for_start() const { return st_; }
+
+  // Core only.
+  static void FinishOnCore(const std::shared_ptr<State>& st, const grpc::Status& status) {
+    if (st->finished) return;
+    st->finished = true;
+    st->writer.Finish(status);
+  }
+
+ private:
+  const ServiceContext* const ctx_;
+  CallLimiter::Slot slot_;  // --max-subscribers; released when gRPC deletes the reactor
+  std::shared_ptr<State> st_;
+};
+
+// A server stream that the hub feeds one event at a time (Watch).
+// `State` is shared between the reactor and core-side closures and is only
+// read or written on core; after Finish, core never touches the reactor
+// again (gRPC deletes it in OnDone).
 template <typename Resp>
 class HubStream : public grpc::ServerWriteReactor<Resp> {
  public:
@@ -79,7 +164,6 @@ class HubStream : public grpc::ServerWriteReactor<Resp> {
   Resp msg_;
 };
 
-using SubscribeStream = HubStream<v1::SubscribeResponse>;
 using WatchStream = HubStream<v1::WatchJobResponse>;
 
 absl::StatusOr<hub::Filter> MakeFilter(const v1::SubscribeRequest& req) {
@@ -94,17 +178,35 @@ absl::StatusOr<hub::Filter> MakeFilter(const v1::SubscribeRequest& req) {
 
 }  // namespace
 
-grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
+grpc::ByteBuffer EventResponseBytes(int field, const hub::SharedEvent& ev) {
+  const grpc::Slice& event = ev.Serialized();
+  // The field's tag (length-delimited) and the event's length, as varints.
+  uint8_t head[16];
+  size_t n = 0;
+  auto varint = [&](uint64_t v) {
+    while (v >= 0x80) {
+      head[n++] = static_cast<uint8_t>(v | 0x80);
+      v >>= 7;
+    }
+    head[n++] = static_cast<uint8_t>(v);
+  };
+  varint(static_cast<uint64_t>(field) << 3 | 2);
+  varint(event.size());
+  grpc::Slice slices[2] = {grpc::Slice(head, n), event};  // the event's bytes are shared
+  return grpc::ByteBuffer(slices, 2);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* NewSubscribeReactor(
     const ServiceContext* ctx, grpc::CallbackServerContext* context,
     const v1::SubscribeRequest* request) {
   auto slot = ctx->Admit(CallLimiter::Kind::kSubscriber, context);
-  if (!slot.ok()) return RejectedWrite<v1::SubscribeResponse>(ToGrpc(slot.status()));
+  if (!slot.ok()) return RejectedWrite<grpc::ByteBuffer>(ToGrpc(slot.status()));
   auto* reactor = new SubscribeStream(ctx, std::move(*slot));
   auto st = reactor->st_for_start();
   auto filter = MakeFilter(*request);
   if (!filter.ok()) {
     st->finished = true;  // no core closure exists yet
-    reactor->Finish(ToGrpc(filter.status()));
+    st->writer.Finish(ToGrpc(filter.status()));
     return reactor;
   }
   hub::Start start;
@@ -117,10 +219,8 @@ grpc::ServerWriteReactor<v1::SubscribeResponse>* NewSubscribeReactor(
   ctx->OnCore([ctx, st, filter = std::move(*filter), start]() mutable {
     if (st->finished) return;
     hub::Sink sink;
-    sink.send = [st](const v1::Event& ev) {
-      v1::SubscribeResponse msg;
-      *msg.mutable_event() = ev;
-      SubscribeStream::WriteOnCore(st, std::move(msg));
+    sink.send = [st](const hub::EventRef& ev) {
+      return st->writer.SendBounded(ev, kSubscribeQueue);
     };
     sink.end = [st](const absl::Status& s) { SubscribeStream::FinishOnCore(st, ToGrpc(s)); };
     auto id = ctx->hub->Subscribe(std::move(filter), start, std::move(sink));
@@ -169,7 +269,8 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
         }
       }
       hub::Sink sink;
-      sink.send = [st](const v1::Event& ev) {
+      sink.send = [st](const hub::EventRef& ref) {
+        const v1::Event& ev = ref->event();
         v1::WatchJobResponse msg;
         *msg.mutable_event() = ev;
         if ((ev.has_job() && dispatch::IsTerminal(ev.job().state())) ||
@@ -177,6 +278,7 @@ grpc::ServerWriteReactor<v1::WatchJobResponse>* NewWatchReactor(
           st->end_after_write = true;
         }
         WatchStream::WriteOnCore(st, std::move(msg));
+        return false;  // the hub waits for OnWriteDone's WriteDone
       };
       sink.end = [st](const absl::Status& s) { WatchStream::FinishOnCore(st, ToGrpc(s)); };
       auto id = ctx->hub->Subscribe(std::move(filter), hub::Start{}, std::move(sink),

@@ -4,17 +4,46 @@
 #include "service/call_limits.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
+#include "service/malformed_request.h"
 #include "util/time.h"
 
-namespace errand::service {
+#include <grpcpp/impl/codegen/proto_utils.h>
+#include <grpcpp/impl/codegen/server_callback_handlers.h>
 
-grpc::ServerWriteReactor<v1::SubscribeResponse>* EventsService::Subscribe(
-    grpc::CallbackServerContext* context, const v1::SubscribeRequest* request) {
+namespace errand::service {
+namespace {
+
+int ServerStreamMethodIndex(const std::string& method) {
+  const auto* d = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
+  GPR_ASSERT(d != nullptr && !d->client_streaming() && d->server_streaming());
+  return d->index();
+}
+
+}  // namespace
+
+EventsService::EventsService(const ServiceContext* ctx) : ctx_(ctx) {
+  MarkMethodRawCallback(
+      ServerStreamMethodIndex("errand.v1.Events.Subscribe"),
+      new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
+          [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
+            return SubscribeRaw(context, request);
+          }));
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* EventsService::SubscribeRaw(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
+  v1::SubscribeRequest request;
+  grpc::ByteBuffer copy(*raw_request);  // shares the slices
+  if (!grpc::SerializationTraits<v1::SubscribeRequest>::Deserialize(&copy, &request).ok()) {
+    return RejectedWrite<grpc::ByteBuffer>(
+        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                     "request " + MalformedMessage("errand.v1.SubscribeRequest")));
+  }
   auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Events/Subscribe");
   absl::Status s = who.status();
-  if (s.ok()) s = AllowSubscribe(*who, *request);
-  if (!s.ok()) return RejectedWrite<v1::SubscribeResponse>(ToGrpc(s));
-  return NewSubscribeReactor(ctx_, context, request);
+  if (s.ok()) s = AllowSubscribe(*who, request);
+  if (!s.ok()) return RejectedWrite<grpc::ByteBuffer>(ToGrpc(s));
+  return NewSubscribeReactor(ctx_, context, &request);
 }
 
 grpc::ServerUnaryReactor* EventsService::Publish(grpc::CallbackServerContext* context,

@@ -3,6 +3,7 @@
 #include <google/protobuf/descriptor.h>
 
 #include <string>
+#include <string_view>
 
 namespace errand::service {
 namespace {
@@ -50,6 +51,12 @@ class Factory final : public grpc::experimental::ServerInterceptorFactoryInterfa
       grpc::experimental::ServerRpcInfo* info) override {
     using Type = grpc::experimental::ServerRpcInfo::Type;
     if (info->type() != Type::UNARY && info->type() != Type::SERVER_STREAMING) return nullptr;
+    // Subscribe is registered raw and parses its request itself; an
+    // interceptor there would also run on every event written.
+    if (info->method() != nullptr &&
+        std::string_view(info->method()) == "/errand.v1.Events/Subscribe") {
+      return nullptr;
+    }
     std::string type = RequestType(info->method());
     if (type.empty()) return nullptr;  // unknown methods stay UNIMPLEMENTED
     return new MalformedRequestInterceptor(std::move(type));

@@ -16,7 +16,9 @@
 // It is installed for unary and server-streaming methods only: bidi streams
 // (the fast paths) carry no interceptor at all; they are registered raw and
 // parse each message themselves (service/parsed_bidi.h), ending the stream
-// with the same INVALID_ARGUMENT when one fails to parse.
+// with the same INVALID_ARGUMENT when one fails to parse. Nor does
+// Events.Subscribe, which is registered raw and parses its request itself
+// (an interceptor would run on each of its writes).
 //
 // Thread: any (gRPC calls it; per-call state only).
 namespace errand::service {

@@ -4,6 +4,7 @@
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/grpcpp.h>
 
+#include <deque>
 #include <functional>
 #include <optional>
 #include <utility>
@@ -35,45 +36,72 @@ namespace errand::service {
 //
 // `Reactor` has StartWrite(const Response*) and Finish(grpc::Status), as
 // grpc::ServerBidiReactor<Request, Response> and ParsedBidiReactor do.
-template <class Reactor, class Response>
+// What queues up is a `Queued` (by default the Response itself), made into
+// the Response only when its write starts (`pack`).
+template <class Reactor, class Response, class Queued = Response>
 class StreamWriter {
  public:
   // Builds the next message from `queued` (never empty) into `out`, taking
   // what it packs off `queued`.
-  using Pack = std::function<void(std::vector<Response>& queued, Response* out)>;
+  using Pack = std::function<void(std::deque<Queued>& queued, Response* out)>;
 
-  // `on_broken` runs (on gRPC's thread) when a write failed.
-  StreamWriter(Reactor* reactor, Pack pack, std::function<void()> on_broken)
-      : reactor_(reactor), pack_(std::move(pack)), on_broken_(std::move(on_broken)) {}
+  // `on_broken` runs (on gRPC's thread) when a write failed. `on_drained`
+  // runs (on gRPC's thread, with nothing queued) after a SendBounded found
+  // the queue full, once the queue has emptied; not after a failed write.
+  StreamWriter(Reactor* reactor, Pack pack, std::function<void()> on_broken,
+               std::function<void()> on_drained = nullptr)
+      : reactor_(reactor),
+        pack_(std::move(pack)),
+        on_broken_(std::move(on_broken)),
+        on_drained_(std::move(on_drained)) {}
 
   // Packs every queued message into one, the first as is and the rest into
   // its repeated field `more` (as EnqueueStreamResponse does).
-  static void PackIntoMore(std::vector<Response>& queued, Response* out) {
+  static void PackIntoMore(std::deque<Queued>& queued, Response* out) {
     *out = std::move(queued.front());
     for (size_t i = 1; i < queued.size(); ++i) *out->add_more() = std::move(queued[i]);
     queued.clear();
   }
   // One message per write.
-  static void PackOne(std::vector<Response>& queued, Response* out) {
+  static void PackOne(std::deque<Queued>& queued, Response* out) {
     *out = std::move(queued.front());
-    queued.erase(queued.begin());
+    queued.pop_front();
   }
 
   // Queues `msg`; starts a write when none is in flight.
-  void Send(Response msg) {
+  void Send(Queued msg) { SendBounded(std::move(msg), 0); }
+
+  // As Send. With `limit` > 0: true while fewer than `limit` messages wait
+  // behind the write in flight; false when the queue reached `limit` (the
+  // message is queued all the same), and then `on_drained` runs once the
+  // queue has emptied: the caller holds further messages until then. Also
+  // false (and no `on_drained`) once the stream broke or is finishing: what
+  // it sends is dropped.
+  bool SendBounded(Queued msg, size_t limit) {
+    bool room = true;
     {
       absl::MutexLock lock(&mu_);
-      if (finishing_ || broken_) return;
+      if (finishing_ || broken_) return false;
       queued_.push_back(std::move(msg));
-      if (writing_ || !NextLocked()) return;
+      if (limit > 0 && queued_.size() >= limit) {
+        room = false;
+        drain_wanted_ = true;
+      }
+      if (writing_ || !NextLocked()) return room;
+      if (limit > 0 && queued_.size() < limit) {  // the write took some
+        room = true;
+        drain_wanted_ = false;
+      }
     }
     Issue();
+    return room;
   }
 
   // Call from the reactor's OnWriteDone.
   void OnWriteDone(bool ok) {
     bool broke = false;
     bool issue = false;
+    bool drained = false;
     {
       absl::MutexLock lock(&mu_);
       writing_ = false;
@@ -82,9 +110,14 @@ class StreamWriter {
         queued_.clear();
       }
       issue = NextLocked();
+      if (drain_wanted_ && queued_.empty() && !broken_ && !finishing_) {
+        drain_wanted_ = false;
+        drained = true;
+      }
     }
     if (issue) Issue();
     if (broke && on_broken_) on_broken_();
+    if (drained && on_drained_) on_drained_();
   }
 
   // Finishes the stream with `status` once everything queued so far is
@@ -129,8 +162,10 @@ class StreamWriter {
   Reactor* const reactor_;
   const Pack pack_;
   const std::function<void()> on_broken_;
+  const std::function<void()> on_drained_;
   absl::Mutex mu_;
-  std::vector<Response> queued_ ABSL_GUARDED_BY(mu_);
+  std::deque<Queued> queued_ ABSL_GUARDED_BY(mu_);
+  bool drain_wanted_ ABSL_GUARDED_BY(mu_) = false;  // a SendBounded found the queue full
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;  // Finish asked for
   bool broken_ ABSL_GUARDED_BY(mu_) = false;     // a write failed

@@ -8,6 +8,7 @@
 
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "e2e/e2e_support.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
@@ -220,6 +221,26 @@ TEST_F(ReflectionE2E, ServedMessagesKeepTheDocumentedFieldNames) {
     for (const std::string& f : fields) {
       EXPECT_NE(d->FindFieldByName(f), nullptr) << message << "." << f;
     }
+  }
+  // Methods registered raw (bytes in, bytes out, for speed) are still
+  // described with their proto types.
+  const std::vector<std::tuple<std::string, std::string, std::string, bool, bool>> methods = {
+      {"errand.v1.Events.Subscribe", "errand.v1.SubscribeRequest", "errand.v1.SubscribeResponse",
+       false, true},
+      {"errand.v1.Jobs.EnqueueAndWatch", "errand.v1.EnqueueRequest", "errand.v1.WatchJobResponse",
+       false, true},
+      {"errand.v1.Jobs.EnqueueStream", "errand.v1.EnqueueStreamRequest",
+       "errand.v1.EnqueueStreamResponse", true, true},
+      {"errand.v1.Jobs.EnqueueBatch", "errand.v1.EnqueueBatchRequest",
+       "errand.v1.EnqueueBatchResponse", false, false},
+  };
+  for (const auto& [name, in, out, client_streaming, server_streaming] : methods) {
+    const pb::MethodDescriptor* m = served.pool().FindMethodByName(name);
+    ASSERT_NE(m, nullptr) << name;
+    EXPECT_EQ(m->input_type()->full_name(), in) << name;
+    EXPECT_EQ(m->output_type()->full_name(), out) << name;
+    EXPECT_EQ(m->client_streaming(), client_streaming) << name;
+    EXPECT_EQ(m->server_streaming(), server_streaming) << name;
   }
   const pb::EnumDescriptor* states = served.pool().FindEnumTypeByName("errand.v1.JobState");
   ASSERT_NE(states, nullptr);
