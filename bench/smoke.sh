@@ -16,16 +16,24 @@ has() {
   fi
 }
 
-for mode in sync async; do
-  out=$("$bench" --spawn-broker="$broker" --mode=$mode --n=200 --producers=1,2 --workers=2 \
-        --rate=500 --paced-n=100 --batch-size=50 --batch-n=1000 \
-        --phases=enqueue,drain,roundtrip,paced,batch --phase-timeout=60 2>&1)
+# run WHAT ARGS...: runs errand-bench with its own broker and ARGS, keeps its
+# output in $out and prints it; fails the test unless it exits 0.
+run() {
+  what=$1
+  shift
+  out=$("$bench" --spawn-broker="$broker" "$@" 2>&1)
   rc=$?
   echo "$out"
   if [ $rc -ne 0 ]; then
-    echo "FAIL: errand-bench --mode=$mode exited $rc"
+    echo "FAIL: errand-bench $what exited $rc"
     exit 1
   fi
+}
+
+for mode in sync async; do
+  run "--mode=$mode" --mode=$mode --n=200 --producers=1,2 --workers=2 \
+      --rate=500 --paced-n=100 --batch-size=50 --batch-n=1000 \
+      --phases=enqueue,drain,roundtrip,paced,batch --phase-timeout=60
   for phase in enqueue roundtrip; do
     for p in 1 2; do
       has "$out" "^system=errand mode=$mode phase=$phase jobs=200 .* producers=$p .*status=ok" \
@@ -44,14 +52,8 @@ done
 
 # The worker credit modes: each completes every job, in both durabilities.
 for credits in early with-complete; do
-  out=$("$bench" --spawn-broker="$broker" --mode=sync --n=100 --producers=2 --workers=2 \
-        --credits=$credits --phases=enqueue,drain,roundtrip --phase-timeout=60 2>&1)
-  rc=$?
-  echo "$out"
-  if [ $rc -ne 0 ]; then
-    echo "FAIL: errand-bench --credits=$credits exited $rc"
-    exit 1
-  fi
+  run "--credits=$credits" --mode=sync --n=100 --producers=2 --workers=2 \
+      --credits=$credits --phases=enqueue,drain,roundtrip --phase-timeout=60
   for phase in drain roundtrip; do
     has "$out" "^system=errand mode=sync phase=$phase jobs=100 .* credits=$credits .*status=ok" \
         "no ok line for credits=$credits phase=$phase"
@@ -59,14 +61,8 @@ for credits in early with-complete; do
 done
 
 # The default phase set: the five phases, in order, nothing else.
-out=$("$bench" --spawn-broker="$broker" --mode=async --n=50 --paced-n=20 --rate=500 \
-      --batch-n=200 --phase-timeout=60 2>&1)
-rc=$?
-echo "$out"
-if [ $rc -ne 0 ]; then
-  echo "FAIL: errand-bench with the default phases exited $rc"
-  exit 1
-fi
+run "with the default phases" --mode=async --n=50 --paced-n=20 --rate=500 \
+    --batch-n=200 --phase-timeout=60
 phases=$(echo "$out" | sed -n 's/^system=errand mode=async phase=\([a-z-]*\) .*status=ok.*/\1/p' | tr '\n' ' ')
 if [ "$phases" != "enqueue drain roundtrip paced batch " ]; then
   echo "FAIL: the default phases printed ok lines for '$phases'"
@@ -75,15 +71,9 @@ fi
 
 # Scale phases, tiny: each spawns its own broker. scale-ready restarts it
 # after SIGKILL and must find every job again.
-out=$("$bench" --spawn-broker="$broker" --mode=async \
-      --phases=scale-ready,scale-fanout,scale-waiters --scale-n=3000 --subscribers=20 \
-      --scale-channels=3 --fanout-jobs=10 --fanout-rate=100 --waiters=100 --phase-timeout=60 2>&1)
-rc=$?
-echo "$out"
-if [ $rc -ne 0 ]; then
-  echo "FAIL: errand-bench scale phases exited $rc"
-  exit 1
-fi
+run "scale phases" --mode=async \
+    --phases=scale-ready,scale-fanout,scale-waiters --scale-n=3000 --subscribers=20 \
+    --scale-channels=3 --fanout-jobs=10 --fanout-rate=100 --waiters=100 --phase-timeout=60
 has "$out" "^system=errand mode=async phase=scale-ready jobs=3000 .*status=ok .* rss_kb=[1-9][0-9]* hwm_kb=[1-9][0-9]* restart_signal=kill .* first_lease_ms=[0-9]* .* recovered_jobs=3000$" \
     "no ok scale-ready line"
 has "$out" "^system=errand mode=async phase=scale-fanout jobs=10 .*status=ok subscribers=20 channels=3 events=200 missing=0 " \
@@ -92,14 +82,8 @@ has "$out" "^system=errand mode=async phase=scale-waiters jobs=100 .*status=ok w
     "no ok scale-waiters line"
 
 # A clean stop before the restart (SIGTERM) also finds every job.
-out=$("$bench" --spawn-broker="$broker" --mode=sync --phases=scale-ready --scale-n=1500 \
-      --restart-signal=term --phase-timeout=60 2>&1)
-rc=$?
-echo "$out"
-if [ $rc -ne 0 ]; then
-  echo "FAIL: errand-bench scale-ready --restart-signal=term exited $rc"
-  exit 1
-fi
+run "scale-ready --restart-signal=term" --mode=sync --phases=scale-ready --scale-n=1500 \
+    --restart-signal=term --phase-timeout=60
 has "$out" "^system=errand mode=sync phase=scale-ready jobs=1500 .*acked=sync status=ok .* restart_signal=term .* recovered_jobs=1500$" \
     "no ok scale-ready line for --restart-signal=term"
 
