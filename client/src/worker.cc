@@ -216,6 +216,7 @@ class ConnectTransport final : public WorkerTransport {
         if (up) {
           stream_ = stream.get();
           live_ = true;
+          ++stream_gen_;
           write_cv_.notify_all();
         }
       }
@@ -265,11 +266,16 @@ class ConnectTransport final : public WorkerTransport {
 
   // Runs `mutate` (which frees a slot in the owner's state) under the write
   // lock, then grants one credit on the live stream, so that a hello sent
-  // concurrently counts the freed slot exactly once.
-  void ReleaseSlot(const std::function<void()>& mutate) {
+  // concurrently counts the freed slot exactly once. `granted_on`: the
+  // stream on which the job's complete or fail already carried the slot's
+  // credit (more_credits; 0: none); on that stream it is not granted again.
+  // A stream opened since counted the slot as held in its hello, so it
+  // gets the credit now.
+  void ReleaseSlot(const std::function<void()>& mutate, uint64_t granted_on) {
     std::lock_guard<std::mutex> lock(write_mu_);
     mutate();
     if (!live_ || no_credits_) return;
+    if (granted_on != 0 && granted_on == stream_gen_) return;
     v1::ConnectRequest req;
     req.set_credits(1);
     stream_->Write(req);  // A failure ends the stream; the next hello counts the slot.
@@ -297,23 +303,34 @@ class ConnectTransport final : public WorkerTransport {
   void Interrupt() override {}
 
   absl::Status Complete(const v1::Lease& lease, const std::string& result) override {
+    return Complete(lease, result, nullptr);
+  }
+  absl::Status Fail(const v1::Lease& lease, const std::string& error,
+                    bool non_retryable) override {
+    return Fail(lease, error, non_retryable, nullptr);
+  }
+  // With `granted_on`, the message also grants the credit for the slot the
+  // job frees (more_credits): the broker may deliver the next job with the
+  // ack instead of waiting for a credit message after it. `*granted_on` is
+  // set to the stream the credit went out on (see ReleaseSlot).
+  absl::Status Complete(const v1::Lease& lease, const std::string& result,
+                        uint64_t* granted_on) {
     v1::ConnectRequest req;
     auto* c = req.mutable_complete();
     c->set_job_id(lease.job().id());
     c->set_lease_token(lease.lease_token());
     c->set_result(result);
-    return Request(std::move(req)).status();
+    return Request(std::move(req), granted_on).status();
   }
-
-  absl::Status Fail(const v1::Lease& lease, const std::string& error,
-                    bool non_retryable) override {
+  absl::Status Fail(const v1::Lease& lease, const std::string& error, bool non_retryable,
+                    uint64_t* granted_on) {
     v1::ConnectRequest req;
     auto* f = req.mutable_fail();
     f->set_job_id(lease.job().id());
     f->set_lease_token(lease.lease_token());
     f->set_error(error);
     f->set_non_retryable(non_retryable);
-    return Request(std::move(req)).status();
+    return Request(std::move(req), granted_on).status();
   }
 
   absl::StatusOr<v1::ExtendResponse> Extend(const v1::Lease& lease,
@@ -343,8 +360,11 @@ class ConnectTransport final : public WorkerTransport {
 
   // Sends `req` on the live stream (waiting up to rpc_timeout for one) and
   // waits up to rpc_timeout for its ack. An ack with an error code becomes
-  // that status; a broken stream UNAVAILABLE.
-  absl::StatusOr<v1::ConnectAck> Request(v1::ConnectRequest req) {
+  // that status; a broken stream UNAVAILABLE. With `granted_on`, `req`
+  // carries one credit (unless credits have stopped) and `*granted_on` gets
+  // the stream it was written on.
+  absl::StatusOr<v1::ConnectAck> Request(v1::ConnectRequest req,
+                                         uint64_t* granted_on = nullptr) {
     auto p = std::make_shared<Pending>();
     uint64_t id;
     {
@@ -355,6 +375,8 @@ class ConnectTransport final : public WorkerTransport {
       }
       id = ++next_request_id_;
       req.set_request_id(id);
+      const bool grant = granted_on != nullptr && !no_credits_;
+      if (grant) req.set_more_credits(1);
       {
         std::lock_guard<std::mutex> plock(pend_mu_);
         pending_[id] = p;
@@ -364,6 +386,7 @@ class ConnectTransport final : public WorkerTransport {
         pending_.erase(id);
         return absl::UnavailableError("the Connect stream broke");
       }
+      if (grant) *granted_on = stream_gen_;
     }
     std::unique_lock<std::mutex> plock(pend_mu_);
     if (!pend_cv_.wait_for(plock, rpc_timeout_, [&] { return p->done; })) {
@@ -426,6 +449,7 @@ class ConnectTransport final : public WorkerTransport {
   bool finished_ = false;
   bool no_credits_ = false;
   uint64_t next_request_id_ = 0;
+  uint64_t stream_gen_ = 0;  // counts the streams that went live
 
   std::mutex pend_mu_;
   std::condition_variable pend_cv_;
@@ -674,14 +698,24 @@ void Worker::Impl::ExecLoop() {
       running_.erase(run->lease.job().id());
     }
     absl::Status s;
+    // Connect: the stream on which the outcome also granted this slot's
+    // credit, so that the next job comes with the ack.
+    uint64_t granted_on = 0;
     if (!abandoned) {
       if (result.ok()) {
-        s = Report([&] { return transport_->Complete(run->lease, *result); });
+        s = Report([&] {
+          return connect_ != nullptr ? connect_->Complete(run->lease, *result, &granted_on)
+                                     : transport_->Complete(run->lease, *result);
+        });
       } else {
         std::string error = std::string(result.status().message());
         if (error.empty()) error = result.status().ToString();
         bool non_retryable = IsNonRetryable(result.status());
-        s = Report([&] { return transport_->Fail(run->lease, error, non_retryable); });
+        s = Report([&] {
+          return connect_ != nullptr
+                     ? connect_->Fail(run->lease, error, non_retryable, &granted_on)
+                     : transport_->Fail(run->lease, error, non_retryable);
+        });
       }
     }
     auto release = [&] {
@@ -695,7 +729,7 @@ void Worker::Impl::ExecLoop() {
       cv_.notify_all();
     };
     if (connect_ != nullptr) {
-      connect_->ReleaseSlot(release);  // grants the freed slot as a credit
+      connect_->ReleaseSlot(release, granted_on);  // grants the freed slot unless granted
     } else {
       release();
     }

@@ -352,5 +352,101 @@ TEST_F(ClientWorkerTest, UnaryTransportStillWorks) {
   EXPECT_EQ((*worker)->stats().completed, 50u);
 }
 
+// The messages the library's Worker sends on Connect, seen by a scripted
+// peer in this process instead of the broker: each complete carries the
+// credit for the slot it frees (more_credits), so no credits message
+// follows the ack.
+class ScriptedConnectPeer final : public v1::Workers::Service {
+ public:
+  grpc::Status Connect(
+      grpc::ServerContext*,
+      grpc::ServerReaderWriter<v1::ConnectResponse, v1::ConnectRequest>* stream) override {
+    v1::ConnectRequest req;
+    if (!stream->Read(&req)) return grpc::Status::OK;
+    Record(req);
+    for (int i = 0; i < 2; ++i) {
+      v1::ConnectResponse delivery;
+      auto* lease = delivery.mutable_delivery();
+      lease->mutable_job()->set_id("job-" + std::to_string(i));
+      lease->mutable_job()->set_queue("scripted");
+      lease->set_lease_token(100 + i);
+      *lease->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
+      if (!stream->Write(delivery)) return grpc::Status::OK;
+      // The next message is this job's complete.
+      if (!stream->Read(&req)) return grpc::Status::OK;
+      Record(req);
+      v1::ConnectResponse ack;
+      ack.mutable_ack()->set_request_id(req.request_id());
+      if (!stream->Write(ack)) return grpc::Status::OK;
+    }
+    // Whatever else comes until the worker stops (a credits message would).
+    while (stream->Read(&req)) Record(req);
+    return grpc::Status::OK;
+  }
+
+  std::vector<v1::ConnectRequest> received() {
+    std::lock_guard<std::mutex> l(mu_);
+    return received_;
+  }
+
+ private:
+  void Record(const v1::ConnectRequest& r) {
+    std::lock_guard<std::mutex> l(mu_);
+    received_.push_back(r);
+  }
+  std::mutex mu_;
+  std::vector<v1::ConnectRequest> received_;
+};
+
+TEST(ClientWorkerWireTest, ACompleteCarriesTheCreditForTheSlotItFrees) {
+  ScriptedConnectPeer peer;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&peer);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_TRUE(server != nullptr);
+  ASSERT_GT(port, 0);
+
+  ClientOptions co;
+  co.address = "127.0.0.1:" + std::to_string(port);
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  std::atomic<int> handled{0};
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    ++handled;
+    return std::string("done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto start = Clock::now();
+  while ((*worker)->stats().completed < 2 && Since(start) < 30s) {
+    std::this_thread::sleep_for(5ms);
+  }
+  // Room for a credits message, if one were sent after the second ack.
+  std::this_thread::sleep_for(300ms);
+  (*worker)->Stop();
+  server->Shutdown(testing::In(5s));
+
+  EXPECT_EQ(handled.load(), 2);
+  EXPECT_EQ((*worker)->stats().completed, 2u);
+  std::vector<v1::ConnectRequest> got = peer.received();
+  ASSERT_GE(got.size(), 3u);
+  ASSERT_TRUE(got[0].has_hello()) << got[0].DebugString();
+  EXPECT_EQ(got[0].hello().credits(), 1u);
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
+    EXPECT_EQ(got[i].complete().job_id(), "job-" + std::to_string(i - 1));
+    EXPECT_EQ(got[i].complete().lease_token(), 100u + (i - 1));
+    EXPECT_EQ(got[i].more_credits(), 1u) << "complete " << i << " did not carry the credit";
+  }
+  for (size_t i = 3; i < got.size(); ++i) {
+    EXPECT_FALSE(got[i].kind_case() == v1::ConnectRequest::kCredits && got[i].credits() > 0)
+        << "the slot's credit was granted twice: " << got[i].DebugString();
+  }
+}
+
 }  // namespace
 }  // namespace errand::e2e

@@ -19,7 +19,9 @@
 // Transport (WorkerOptions::transport): by default one Workers.Connect
 // stream per Worker, granting one credit per free handler slot; the
 // broker pushes deliveries and cancel requests, and Complete/Fail/Extend ride
-// the same stream. A broken stream is reopened with backoff; jobs held from
+// the same stream. A job's complete or fail also grants the credit for the
+// slot it frees (ConnectRequest.more_credits), so the next job arrives with
+// the ack; it starts once the ack is in and the handler thread is free. A broken stream is reopened with backoff; jobs held from
 // the old stream are still reported (with their tokens) on the new one. The
 // unary Lease long poll + Complete/Fail/Extend remains as kUnary.
 
