@@ -142,8 +142,9 @@ http::Response OpsHttp::Metrics() {
   s.sync_interval_seconds = std::chrono::duration<double>(ctx_->sync_interval).count();
   s.start_time_seconds =
       std::chrono::duration<double>(ctx_->started_at.time_since_epoch()).count();
-  s.core_in_place = ctx_->exec->ran_in_place();
-  s.core_on_core_thread = ctx_->exec->ran_on_core_thread();
+  const util::CoreExecutor::Counts core = ctx_->exec->counts();
+  s.core_in_place = core.in_place;
+  s.core_on_core_thread = core.core_thread;
   const commit::CommitPipeline* p = ctx_->pipeline;
   auto st = p->stats();
   s.commit_writes = st.writes;

@@ -4,26 +4,14 @@
 #include "service/call_limits.h"
 #include "service/event_stream.h"
 #include "service/grpc_status.h"
-#include "service/malformed_request.h"
+#include "service/parsed_bidi.h"
 #include "util/time.h"
 
-#include <grpcpp/impl/codegen/proto_utils.h>
-#include <grpcpp/impl/codegen/server_callback_handlers.h>
-
 namespace errand::service {
-namespace {
-
-int ServerStreamMethodIndex(const std::string& method) {
-  const auto* d = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
-  GPR_ASSERT(d != nullptr && !d->client_streaming() && d->server_streaming());
-  return d->index();
-}
-
-}  // namespace
 
 EventsService::EventsService(const ServiceContext* ctx) : ctx_(ctx) {
   MarkMethodRawCallback(
-      ServerStreamMethodIndex("errand.v1.Events.Subscribe"),
+      MethodIndex("errand.v1.Events.Subscribe", Streaming::kServer),
       new grpc::internal::CallbackServerStreamingHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
           [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
             return SubscribeRaw(context, request);
@@ -33,11 +21,8 @@ EventsService::EventsService(const ServiceContext* ctx) : ctx_(ctx) {
 grpc::ServerWriteReactor<grpc::ByteBuffer>* EventsService::SubscribeRaw(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw_request) {
   v1::SubscribeRequest request;
-  grpc::ByteBuffer copy(*raw_request);  // shares the slices
-  if (!grpc::SerializationTraits<v1::SubscribeRequest>::Deserialize(&copy, &request).ok()) {
-    return RejectedWrite<grpc::ByteBuffer>(
-        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                     "request " + MalformedMessage("errand.v1.SubscribeRequest")));
+  if (absl::Status parsed = ParseRequest(*raw_request, &request); !parsed.ok()) {
+    return RejectedWrite<grpc::ByteBuffer>(ToGrpc(parsed));
   }
   auto who = Authorize(ctx_, context, need::kObserve, "errand.v1.Events/Subscribe");
   absl::Status s = who.status();

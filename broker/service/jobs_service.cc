@@ -24,29 +24,18 @@ v1::Durability Reached(bool synced) {
   return synced ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC;
 }
 
-// The index of a unary method in its generated service.
-int UnaryMethodIndex(const std::string& method) {
-  const auto* d = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
-  GPR_ASSERT(d != nullptr && !d->client_streaming() && !d->server_streaming());
-  return d->index();
-}
-
 // An EnqueueBatchRequest from its bytes. The jobs are counted in the bytes
 // first: a batch over --max-batch is refused before they are parsed (a 64 MiB
 // message holds 33 million empty jobs, some 8 GB once parsed).
 absl::Status ParseBatch(const grpc::ByteBuffer& raw, const Limits& limits,
                         v1::EnqueueBatchRequest* out) {
-  const std::string malformed = "request " + MalformedMessage("errand.v1.EnqueueBatchRequest");
   uint64_t jobs = 0;
   if (!CountLengthDelimited(raw, v1::EnqueueBatchRequest::kJobsFieldNumber, &jobs)) {
-    return absl::InvalidArgumentError(malformed);
+    return absl::InvalidArgumentError("request " +
+                                      MalformedMessage("errand.v1.EnqueueBatchRequest"));
   }
   if (auto s = ValidateBatchSize(jobs, limits); !s.ok()) return s;
-  grpc::ByteBuffer copy(raw);  // shares the slices
-  if (!grpc::SerializationTraits<v1::EnqueueBatchRequest>::Deserialize(&copy, out).ok()) {
-    return absl::InvalidArgumentError(malformed);
-  }
-  return absl::OkStatus();
+  return ParseRequest(raw, out);
 }
 
 }  // namespace
@@ -137,11 +126,11 @@ grpc::ServerUnaryReactor* JobsService::EnqueueBatchRaw(grpc::CallbackServerConte
 
 JobsService::JobsService(const ServiceContext* ctx) : ctx_(ctx) {
   MarkMethodRawCallback(
-      UnaryMethodIndex("errand.v1.Jobs.EnqueueBatch"),
+      MethodIndex("errand.v1.Jobs.EnqueueBatch", Streaming::kNone),
       new grpc::internal::CallbackUnaryHandler<grpc::ByteBuffer, grpc::ByteBuffer>(
           [this](grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
                  grpc::ByteBuffer* response) { return EnqueueBatchRaw(context, request, response); }));
-  MarkMethodRawCallback(BidiMethodIndex("errand.v1.Jobs.EnqueueStream"),
+  MarkMethodRawCallback(MethodIndex("errand.v1.Jobs.EnqueueStream", Streaming::kBidi),
                         RawBidiHandler([this](grpc::CallbackServerContext* context) {
                           return EnqueueStreamRaw(context);
                         }));

@@ -5,6 +5,8 @@
 #include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/impl/codegen/server_callback_handlers.h>
 
+#include <absl/status/status.h>
+
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -77,16 +79,32 @@ class ParsedBidiReactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc:
   uint64_t read_count_ = 0;  // messages received so far, malformed included
 };
 
-// The index of the bidi method `method` (e.g. "errand.v1.Jobs.EnqueueStream")
-// in its generated service, and a raw handler for it that calls
-// `make(context)`; `make` returns a ParsedBidiReactor (or a reactor of bytes
-// that only refuses). For the service's constructor:
-//   MarkMethodRawCallback(BidiMethodIndex("errand.v1.Jobs.EnqueueStream"),
+// How a method streams, as its proto declares it.
+enum class Streaming { kNone, kServer, kBidi };
+
+// The index of `method` (e.g. "errand.v1.Jobs.EnqueueStream") in its
+// generated service, for MarkMethodRawCallback; asserts that the method
+// streams as `shape` says. With RawBidiHandler, for the service's
+// constructor:
+//   MarkMethodRawCallback(MethodIndex("errand.v1.Jobs.EnqueueStream", Streaming::kBidi),
 //                         RawBidiHandler([this](auto* c) { return ...; }));
-inline int BidiMethodIndex(const std::string& method) {
+inline int MethodIndex(const std::string& method, Streaming shape) {
   const auto* d = google::protobuf::DescriptorPool::generated_pool()->FindMethodByName(method);
-  GPR_ASSERT(d != nullptr && d->client_streaming() && d->server_streaming());
+  GPR_ASSERT(d != nullptr && d->server_streaming() == (shape != Streaming::kNone) &&
+             d->client_streaming() == (shape == Streaming::kBidi));
   return d->index();
+}
+
+// A request of a method registered raw, parsed from its bytes; an
+// INVALID_ARGUMENT naming the message type when they are not a valid `Req`.
+template <typename Req>
+absl::Status ParseRequest(const grpc::ByteBuffer& raw, Req* out) {
+  grpc::ByteBuffer copy(raw);  // shares the slices
+  if (!grpc::SerializationTraits<Req>::Deserialize(&copy, out).ok()) {
+    return absl::InvalidArgumentError("request " +
+                                      MalformedMessage(Req::descriptor()->full_name()));
+  }
+  return absl::OkStatus();
 }
 
 template <typename Make>

@@ -99,7 +99,7 @@ grpc::ServerUnaryReactor* WorkersService::Lease(grpc::CallbackServerContext* con
 }
 
 WorkersService::WorkersService(const ServiceContext* ctx) : ctx_(ctx) {
-  MarkMethodRawCallback(BidiMethodIndex("errand.v1.Workers.Connect"),
+  MarkMethodRawCallback(MethodIndex("errand.v1.Workers.Connect", Streaming::kBidi),
                         RawBidiHandler([this](grpc::CallbackServerContext* context) {
                           return ConnectRaw(context);
                         }));

@@ -65,21 +65,16 @@ void CoreExecutor::Drain(size_t limit, bool on_core_thread) {
       if (n == limit) break;  // still owns core: hand it to the core thread
       next = std::move(queue_.front());
       queue_.pop_front();
-      (on_core_thread ? on_core_thread_ : in_place_)++;
+      (on_core_thread ? counts_.core_thread : counts_.in_place)++;
     }
     std::move(next)();
   }
   WakeCoreThread();
 }
 
-size_t CoreExecutor::ran_in_place() const {
+CoreExecutor::Counts CoreExecutor::counts() const {
   absl::MutexLock lock(&mu_);
-  return in_place_;
-}
-
-size_t CoreExecutor::ran_on_core_thread() const {
-  absl::MutexLock lock(&mu_);
-  return on_core_thread_;
+  return counts_;
 }
 
 }  // namespace errand::util

@@ -56,10 +56,13 @@ class CoreExecutor {
   // True on a thread while it runs a closure of any CoreExecutor.
   static bool InCore();
 
-  // Counters, for tests and metrics: closures run by the thread that handed
-  // them in, and closures run by the core thread.
-  size_t ran_in_place() const;
-  size_t ran_on_core_thread() const;
+  // Closures run so far, for tests and metrics: by the thread that handed
+  // them in, and by the core thread.
+  struct Counts {
+    size_t in_place = 0;
+    size_t core_thread = 0;
+  };
+  Counts counts() const;
 
  private:
   // Runs queued closures (at most `limit`); the caller owns core (running_).
@@ -73,8 +76,7 @@ class CoreExecutor {
   std::deque<Fn> queue_ ABSL_GUARDED_BY(mu_);
   bool running_ ABSL_GUARDED_BY(mu_) = false;  // someone owns core
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
-  size_t in_place_ ABSL_GUARDED_BY(mu_) = 0;
-  size_t on_core_thread_ ABSL_GUARDED_BY(mu_) = 0;
+  Counts counts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace errand::util

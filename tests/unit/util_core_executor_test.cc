@@ -51,8 +51,8 @@ TEST(CoreExecutorTest, RunsInPlaceWhenIdle) {
   EXPECT_EQ(ran_on, std::this_thread::get_id());
   EXPECT_TRUE(in_core);
   EXPECT_FALSE(CoreExecutor::InCore());
-  EXPECT_EQ(exec.ran_in_place(), 1u);
-  EXPECT_EQ(exec.ran_on_core_thread(), 0u);
+  EXPECT_EQ(exec.counts().in_place, 1u);
+  EXPECT_EQ(exec.counts().core_thread, 0u);
 }
 
 TEST(CoreExecutorTest, ClosuresHandedInFromCoreRunAfterTheCurrentOneNeverNested) {
@@ -70,7 +70,7 @@ TEST(CoreExecutorTest, ClosuresHandedInFromCoreRunAfterTheCurrentOneNeverNested)
   });
   // All ran before Run returned, in order, on this thread.
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
-  EXPECT_EQ(exec.ran_in_place(), 3u);
+  EXPECT_EQ(exec.counts().in_place, 3u);
 }
 
 TEST(CoreExecutorTest, PostNeverRunsInPlace) {
@@ -106,7 +106,7 @@ TEST(CoreExecutorTest, RunQueuesBehindCoreBusyOnAnotherThread) {
   release.set_value();
   EXPECT_EQ(done.get_future().get(), (std::vector<int>{1, 2, 3}));
   EXPECT_EQ(second_ran_on, core.id());
-  EXPECT_EQ(exec.ran_in_place(), 0u);
+  EXPECT_EQ(exec.counts().in_place, 0u);
 }
 
 TEST(CoreExecutorTest, InPlaceRunHandsTheRestToTheCoreThreadAfterItsLimit) {
@@ -128,8 +128,8 @@ TEST(CoreExecutorTest, InPlaceRunHandsTheRestToTheCoreThreadAfterItsLimit) {
   // thread ran the rest.
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(ran_on[i], std::this_thread::get_id()) << i;
   for (size_t i = 3; i < 9; ++i) EXPECT_EQ(ran_on[i], core.id()) << i;
-  EXPECT_EQ(exec.ran_in_place(), 4u);
-  EXPECT_EQ(exec.ran_on_core_thread(), 6u);
+  EXPECT_EQ(exec.counts().in_place, 4u);
+  EXPECT_EQ(exec.counts().core_thread, 6u);
 }
 
 TEST(CoreExecutorTest, CoreThreadLetsTimersInBetweenLongRuns) {
@@ -166,7 +166,7 @@ TEST(CoreExecutorTest, AfterCloseInPlaceEverythingRunsOnTheCoreThread) {
   std::promise<std::thread::id> ran_on;
   exec.Run([&] { ran_on.set_value(std::this_thread::get_id()); });
   EXPECT_EQ(ran_on.get_future().get(), core.id());
-  EXPECT_EQ(exec.ran_in_place(), 0u);
+  EXPECT_EQ(exec.counts().in_place, 0u);
 }
 
 TEST(CoreExecutorTest, ManyThreadsNeverRunTwoClosuresAtOnceAndKeepEachThreadsOrder) {
@@ -208,7 +208,7 @@ TEST(CoreExecutorTest, ManyThreadsNeverRunTwoClosuresAtOnceAndKeepEachThreadsOrd
   EXPECT_EQ(r[0], 0);
   EXPECT_EQ(r[1], 0);
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(last[t], kEach - 1);
-  EXPECT_EQ(exec.ran_in_place() + exec.ran_on_core_thread(), size_t{kThreads} * kEach + 2);
+  EXPECT_EQ(exec.counts().in_place + exec.counts().core_thread, size_t{kThreads} * kEach + 2);
 }
 
 }  // namespace
