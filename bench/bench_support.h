@@ -48,10 +48,13 @@ struct Flags {
   std::vector<std::string> phases = {"enqueue", "drain", "roundtrip", "paced", "batch"};
   std::string queue = "bench";
   int phase_timeout_s = 120;
-  // Workers: "ack" grants the next credit after the completion's ack (one job
-  // at a time); "early" grants it right after sending the complete, so the
-  // next lease rides the same commit group (a worker then holds up to 2).
-  std::string credits = "ack";
+  // Workers: "with-complete" (the default, what the library's Worker does)
+  // sends the next credit in the complete itself (ConnectRequest.more_credits);
+  // "ack" grants it in a message of its own after the completion's ack;
+  // "early" grants it in a message of its own right after sending the
+  // complete. With "early" and "with-complete" the next lease rides the
+  // complete's commit group.
+  std::string credits = "with-complete";
   // batch phase: jobs per Jobs.EnqueueBatch call, and jobs in all.
   int batch_size = 100;
   int batch_n = 100000;

@@ -5,7 +5,7 @@
 //                [--payload=256] [--rate=1000] [--paced-n=5000]
 //                [--batch-size=100] [--batch-n=100000]
 //                [--phases=enqueue,drain,roundtrip,paced,batch] [--queue=bench]
-//                [--phase-timeout=120] [--credits=ack|early|with-complete]
+//                [--phase-timeout=120] [--credits=with-complete|ack|early]
 //                [--scale-n=1000000] [--restart-signal=kill|term]
 //                [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]
 //                [--waiters=10000] [--scale-channels=4]
@@ -14,13 +14,15 @@
 // Producers: P threads sharing ONE errand::Client (so one EnqueueStream), each
 // enqueueing one job at a time and waiting for its acknowledgement.
 // Workers: W threads, each with its own Workers.Connect stream on the client's
-// channel: hello(credits=1) -> delivery -> complete -> ack -> credits=1 -> ...
-// (one job at a time per worker, as a beanstalkd reserve/delete loop). With
-// --credits=early a worker grants its next credit right after sending the
-// complete, so the next lease is written in the same commit group; with
-// --credits=with-complete the credit rides in the complete message itself
-// (ConnectRequest.more_credits): one message fewer per job. Either way a
-// worker completes its next job only after the previous complete's ack.
+// channel: hello(credits=1) -> delivery -> complete(more_credits=1) -> ack ->
+// ... (--credits=with-complete, the default: what the library's Worker does;
+// the next lease joins the complete's commit group). --credits=ack grants the
+// next credit in a message of its own after the ack: credit, delivery,
+// complete, ack, one commit cycle for the lease and one for the complete.
+// --credits=early sends that credit message right after the complete (a
+// worker then holds up to two leases). Every way, a worker completes its next
+// job only after the previous complete's ack (as a beanstalkd reserve/delete
+// loop does).
 //
 // Phases (each one Google Benchmark run with manual time, one iteration):
 //   enqueue    N jobs, producers only; latency = one Enqueue call
@@ -115,7 +117,7 @@ void Usage() {
                "  [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]\n"
                "  [--payload=256] [--rate=1000] [--paced-n=5000] [--batch-size=100]\n"
                "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced,batch]\n"
-               "  [--queue=bench] [--phase-timeout=120] [--credits=ack|early|with-complete] [--benchmark_...]\n"
+               "  [--queue=bench] [--phase-timeout=120] [--credits=with-complete|ack|early] [--benchmark_...]\n"
                "phases: enqueue drain roundtrip paced batch (the default: all five), and the\n"
                "opt-in scale phases, which need --spawn-broker (each starts its own broker):\n"
                "  scale-ready    [--scale-n=1000000] [--restart-signal=kill|term]\n"
@@ -226,7 +228,7 @@ bool ParseFlags(int* argc, char** argv) {
   }
   if (g_flags.credits != "ack" && g_flags.credits != "early" &&
       g_flags.credits != "with-complete") {
-    std::fprintf(stderr, "errand-bench: --credits must be ack, early or with-complete\n");
+    std::fprintf(stderr, "errand-bench: --credits must be with-complete, ack or early\n");
     return false;
   }
   for (const auto& p : g_flags.phases) {
