@@ -308,7 +308,23 @@ void CommitPipeline::RunSyncer() {
       if (!idle) {
         for (Pending& p : to_sync_) batch.push_back(std::move(p));
         to_sync_.clear();
+        to_sync_results_ = 0;
         syncing_ = true;
+        // Events alone (a lease's): give a sync write a moment to come and
+        // share this fsync. The wait ends as soon as one is handed over.
+        const bool events_only = std::none_of(batch.begin(), batch.end(),
+                                              [](const Pending& p) { return bool(p.done); });
+        if (events_only && !stopping && options_.event_fsync_delay.count() > 0) {
+          auto result_or_stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) {
+            return to_sync_results_ > 0 || sync_stop_;
+          };
+          sync_mu_.AwaitWithTimeout(absl::Condition(&result_or_stop),
+                                    absl::FromChrono(options_.event_fsync_delay));
+          stopping = sync_stop_;
+          for (Pending& p : to_sync_) batch.push_back(std::move(p));
+          to_sync_.clear();
+          to_sync_results_ = 0;
+        }
       }
     }
     if (idle) {
@@ -336,11 +352,16 @@ void CommitPipeline::RunSyncer() {
         absl::MutexLock lock(&sync_mu_);
         for (Pending& p : to_sync_) batch.push_back(std::move(p));
         to_sync_.clear();
+        to_sync_results_ = 0;
       }
     }
     // Everything in `batch` was written before it was handed over, so this
     // one fsync covers all of it.
     const auto sync_start = std::chrono::steady_clock::now();
+    // This fsync covers every write made so far, async ones included: the
+    // background fsync need not come for them (a write from here on marks
+    // the log unsynced again).
+    unsynced_since_ns_.store(0);
     absl::Status s = store_->SyncWAL();
     const auto now = std::chrono::steady_clock::now();
     if (s.ok()) {
@@ -352,6 +373,7 @@ void CommitPipeline::RunSyncer() {
       batch.clear();
     } else {
       failed_syncs_++;
+      NoteUnsynced();
       if (failing_since == std::chrono::steady_clock::time_point{}) failing_since = now;
       if (stopping || now - failing_since >= kHoldFailing) {
         // The writes may still reach the disk (a later recovery flushes
@@ -472,7 +494,10 @@ void CommitPipeline::CommitGroup(std::vector<Item>& group, bool inline_results) 
   }
   if (!later.empty()) {
     absl::MutexLock lock(&sync_mu_);
-    for (Pending& p : later) to_sync_.push_back(std::move(p));
+    for (Pending& p : later) {
+      if (p.done) ++to_sync_results_;
+      to_sync_.push_back(std::move(p));
+    }
   }
   Deliver(std::move(now), /*synced=*/false, absl::OkStatus(), inline_results);
 }

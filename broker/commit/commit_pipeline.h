@@ -82,6 +82,8 @@ struct CommitResult {
 // never to the result. In kAlways mode an event is handed on only once it is
 // fsynced, even when its mutation was acknowledged before (a lease): a
 // sequence number a subscriber saw is never lost to a power cut and reused.
+// Such events wait up to Options::event_fsync_delay for the fsync of a sync
+// write rather than cost an fsync of their own.
 // In kInterval mode events go out with their write, as the mode promises.
 //
 // Ordering: results of one group are delivered in submission order, but an
@@ -132,6 +134,13 @@ class CommitPipeline {
     // for the write itself. The broker sets it; false keeps a writer thread
     // (for a `post` that must not do I/O). Default: false.
     bool write_on_post_thread = false;
+    // kAlways: how long the events of async writes (a lease's, progress)
+    // may wait for an fsync that a sync write asks for anyway, before the
+    // syncer fsyncs for them alone. A lease is followed by its job's
+    // complete or fail, a sync write, most of the time: its event then
+    // rides that fsync, and the complete does not queue behind an fsync
+    // done for the lease alone. Zero: fsync for them at once.
+    std::chrono::microseconds event_fsync_delay{std::chrono::milliseconds(5)};
     // How the syncer thread hands over the results of the writes it fsynced.
     // Empty: `post`. The broker's `post` may run the closure in place, on
     // the calling thread; the syncer must not be held up that way, so the
@@ -250,6 +259,8 @@ class CommitPipeline {
   // Written mutations waiting for an fsync, and whether the syncer is busy.
   mutable absl::Mutex sync_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::vector<Pending> to_sync_ ABSL_GUARDED_BY(sync_mu_);
+  // How many of to_sync_ carry a result (a sync write), not events alone.
+  size_t to_sync_results_ ABSL_GUARDED_BY(sync_mu_) = 0;
   bool syncing_ ABSL_GUARDED_BY(sync_mu_) = false;
   bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
   // write_on_post_thread: a write left the WAL unsynced (wakes the syncer).
