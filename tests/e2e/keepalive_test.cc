@@ -149,6 +149,28 @@ TEST_F(KeepaliveTest, IdleSubscriptionResubscribesAfterASilentPartitionGapFree) 
   EXPECT_EQ(events[2].payload(), "after");
 }
 
+// An enqueue caught by a silent partition on the client's EnqueueStream is
+// sent again on a new connection once keepalive finds the old one dead, well
+// within its timeout, and makes exactly one job.
+TEST_F(KeepaliveTest, EnqueueOnASilentlyDeadConnectionIsResentOnANewOne) {
+  TcpProxy proxy;
+  proxy.SetTarget(broker_->port());
+  auto via_proxy = ConnectThrough(proxy);
+  ASSERT_NE(via_proxy, nullptr);
+  auto first = via_proxy->Enqueue(NewJob("resend", "first"));  // the stream is up
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(proxy.accepted(), 1);
+
+  proxy.SilenceAll();
+  EnqueueOptions eo;
+  eo.timeout = testing::Scaled(20s);
+  auto second = via_proxy->Enqueue(NewJob("resend", "second"), eo);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_GE(proxy.accepted(), 2);
+  EXPECT_EQ(client().MustGetJob(*second).payload(), "second");
+  EXPECT_EQ(client().Stats("resend").ready(), 2u) << "the resent enqueue made a second job";
+}
+
 // Broker side: a worker holding a job with a 30 minute lease goes silent
 // behind the partition. The broker (keepalive set in its TOML config file)
 // finds the connection dead, drops its Connect stream and releases the job
