@@ -189,6 +189,23 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   builder.AddListeningPort(config.listen, *credentials, &b->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes));
+  // Liveness of client connections. gRPC's server defaults ping nobody for
+  // two hours and answer a client that pings more than once per 5 minutes
+  // without data with GOAWAY too_many_pings, while an idle stream (a
+  // worker's Connect on an empty queue, a Subscribe on a quiet topic) sends
+  // no data for as long as it is idle.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(config.keepalive_time.count()));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                             static_cast<int>(config.keepalive_timeout.count()));
+  // Ping connections without calls too (they hold a socket each), and accept
+  // clients' pings on them at the same rate.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Keep pinging a connection whose streams are idle: by default gRPC stops
+  // after two pings until it sends data.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             static_cast<int>(config.keepalive_min_client_interval.count()));
   builder.RegisterService(b->jobs_service_.get());
   builder.RegisterService(b->workers_service_.get());
   builder.RegisterService(b->events_service_.get());

@@ -78,6 +78,18 @@ absl::Status Config::Validate() const {
   if (worker_grace < std::chrono::milliseconds(0) || worker_grace > std::chrono::hours(1)) {
     return absl::InvalidArgumentError("--worker-grace must be between 0 and 1h");
   }
+  if (keepalive_time < std::chrono::seconds(1) || keepalive_time > std::chrono::hours(24)) {
+    return absl::InvalidArgumentError("--keepalive-time must be between 1s and 24h");
+  }
+  if (keepalive_timeout < std::chrono::milliseconds(100) ||
+      keepalive_timeout > std::chrono::hours(1)) {
+    return absl::InvalidArgumentError("--keepalive-timeout must be between 100ms and 1h");
+  }
+  if (keepalive_min_client_interval < std::chrono::milliseconds(100) ||
+      keepalive_min_client_interval > std::chrono::hours(24)) {
+    return absl::InvalidArgumentError(
+        "--keepalive-min-client-interval must be between 100ms and 24h");
+  }
   if (http_timeout < std::chrono::milliseconds(10) || http_timeout > std::chrono::minutes(10)) {
     return absl::InvalidArgumentError("--http-timeout must be between 10ms and 10m");
   }

@@ -41,6 +41,22 @@ struct Config {
   // --worker-grace: how long the leases of a dropped Workers.Connect stream
   // are kept before their jobs are retried. Default: 10s.
   std::chrono::milliseconds worker_grace{10000};
+  // Connection liveness (HTTP/2 keepalive pings). A peer that vanished
+  // without closing its connection (a pulled cable, a dead NAT entry) is
+  // noticed within keepalive_time + keepalive_timeout; its Connect stream
+  // then ends (leases released after --worker-grace) and its Subscribe
+  // streams go.
+  // --keepalive-time: the broker pings a connection that has been quiet this
+  // long, idle streams included. Default: 30s.
+  std::chrono::milliseconds keepalive_time{30000};
+  // --keepalive-timeout: ...and closes it when the ping is not answered
+  // within this. Default: 10s.
+  std::chrono::milliseconds keepalive_timeout{10000};
+  // --keepalive-min-client-interval: clients may ping this often while no
+  // data flows (with or without open calls); a client pinging faster gets
+  // GOAWAY "too_many_pings" after a few pings. Must not exceed the client
+  // library's default ClientOptions::keepalive_time (10s). Default: 5s.
+  std::chrono::milliseconds keepalive_min_client_interval{5000};
   // --shutdown-grace: how long SIGTERM waits for in-flight calls. Default: 5s.
   std::chrono::milliseconds shutdown_grace{5000};
   // --event-retention-count: the event log keeps at most this many events.

@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   std::string default_lease = "30s";
   std::string shutdown_grace = "5s";
   std::string worker_grace = "10s";
+  std::string keepalive_time = "30s";
+  std::string keepalive_timeout = "10s";
+  std::string keepalive_min_client_interval = "5s";
   std::string retention = "168h";
   std::string event_retention_age = "24h";
   std::string idempotency_window = "24h";
@@ -80,6 +83,20 @@ int main(int argc, char** argv) {
   app.add_option("--worker-grace", worker_grace,
                  "how long the leases of a dropped Workers.Connect stream are kept before\n"
                  "their jobs are retried (e.g. 10s)")
+      ->capture_default_str();
+  app.add_option("--keepalive-time", keepalive_time,
+                 "ping a client connection that has been quiet this long (idle streams\n"
+                 "included), to notice clients that vanished without closing it (e.g. 30s)")
+      ->capture_default_str();
+  app.add_option("--keepalive-timeout", keepalive_timeout,
+                 "close the connection when the ping is not answered within this; its\n"
+                 "Connect streams end (leases released after --worker-grace) and its\n"
+                 "Subscribe streams go (e.g. 10s)")
+      ->capture_default_str();
+  app.add_option("--keepalive-min-client-interval", keepalive_min_client_interval,
+                 "clients may ping this often while no data flows; faster ones get\n"
+                 "GOAWAY too_many_pings. Keep it at or below the clients' keepalive time\n"
+                 "(the client library's default is 10s)")
       ->capture_default_str();
   app.add_option("--shutdown-grace", shutdown_grace,
                  "on SIGTERM/SIGINT, how long in-flight calls may take to finish")
@@ -193,6 +210,17 @@ int main(int argc, char** argv) {
   config.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
   if (!ParseDurationFlag(worker_grace, std::chrono::seconds(1), "--worker-grace", &d)) return 2;
   config.worker_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(keepalive_time, std::chrono::seconds(1), "--keepalive-time", &d)) return 2;
+  config.keepalive_time = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(keepalive_timeout, std::chrono::seconds(1), "--keepalive-timeout", &d)) {
+    return 2;
+  }
+  config.keepalive_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(d);
+  if (!ParseDurationFlag(keepalive_min_client_interval, std::chrono::seconds(1),
+                         "--keepalive-min-client-interval", &d)) {
+    return 2;
+  }
+  config.keepalive_min_client_interval = std::chrono::duration_cast<std::chrono::milliseconds>(d);
   if (!ParseDurationFlag(event_retention_age, std::chrono::seconds(1), "--event-retention-age",
                          &d)) {
     return 2;

@@ -570,6 +570,15 @@ Client::Impl::~Impl() {
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& options) {
   if (options.address.empty()) return absl::InvalidArgumentError("ClientOptions.address is empty");
+  if (options.keepalive_time < std::chrono::seconds(1) ||
+      options.keepalive_time > std::chrono::hours(24)) {
+    return absl::InvalidArgumentError("ClientOptions.keepalive_time must be between 1s and 24h");
+  }
+  if (options.keepalive_timeout < std::chrono::milliseconds(100) ||
+      options.keepalive_timeout > std::chrono::hours(1)) {
+    return absl::InvalidArgumentError(
+        "ClientOptions.keepalive_timeout must be between 100ms and 1h");
+  }
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(-1);
   args.SetMaxSendMessageSize(-1);
@@ -577,8 +586,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opt
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
-  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  // Notice a silently dead connection (ClientOptions::keepalive_time).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, static_cast<int>(options.keepalive_time.count()));
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(options.keepalive_timeout.count()));
+  // gRPC stops pinging after two pings without data by default, and an idle
+  // Workers.Connect, Subscribe or WaitJob sends none: keep pinging.
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   auto made = internal::MakeChannel(options, args);
   if (!made.ok()) return made.status();
   auto channel = std::move(*made);

@@ -2,7 +2,8 @@
 
 // Helpers of the client library's end-to-end tests (tests/e2e/client_*):
 // a loopback TCP proxy that gives a restarted broker (new port) a stable
-// address and can cut every connection (a network drop), and small process
+// address and can cut every connection (a network drop) or make it go
+// silent (a partition: no FIN, no RST, nothing gets through), and small process
 // helpers for the errand-worker / errandctl / example binaries.
 
 #include <arpa/inet.h>
@@ -64,6 +65,15 @@ class TcpProxy {
   void SetTarget(int port) { target_ = port; }
   // Closes every open connection (new ones are accepted again).
   void DropAll() { ++generation_; }
+  // A silent partition of the connections open now: from this call on they
+  // forward nothing in either direction, and their sockets stay open (no
+  // FIN, no RST), as behind a dead NAT entry or a pulled cable. Both ends'
+  // kernels still acknowledge what they are sent, until their buffers fill.
+  // Connections accepted later forward normally. Silenced sockets are
+  // closed by DropAll() or the destructor.
+  void SilenceAll() { ++silence_epoch_; }
+  // Connections accepted so far, silenced ones included.
+  int accepted() const { return accepted_; }
 
  private:
   void AcceptLoop() {
@@ -73,11 +83,15 @@ class TcpProxy {
       int c = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
       if (c < 0) continue;
       std::lock_guard<std::mutex> lock(mu_);
-      conns_.emplace_back([this, c] { Pump(c); });
+      ++accepted_;
+      // Taken here, not in the thread: a SilenceAll() after this accept
+      // silences the connection even if its thread has not run yet.
+      const int epoch = silence_epoch_;
+      conns_.emplace_back([this, c, epoch] { Pump(c, epoch); });
     }
   }
 
-  void Pump(int c) {
+  void Pump(int c, int epoch) {
     int u = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_in a{};
     a.sin_family = AF_INET;
@@ -94,9 +108,15 @@ class TcpProxy {
     int gen = generation_;
     char buf[65536];
     while (!stop_ && gen == generation_) {
+      if (silence_epoch_ != epoch) {
+        // Read nothing, write nothing, close nothing: wait for DropAll() or
+        // the destructor.
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        continue;
+      }
       pollfd p[2] = {{c, POLLIN, 0}, {u, POLLIN, 0}};
       int n = ::poll(p, 2, 50);
-      if (n <= 0) continue;
+      if (n <= 0 || silence_epoch_ != epoch) continue;
       bool closed = false;
       for (int i = 0; i < 2 && !closed; ++i) {
         if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
@@ -126,6 +146,8 @@ class TcpProxy {
   std::atomic<int> target_{0};
   std::atomic<int> generation_{0};
   std::atomic<bool> stop_{false};
+  std::atomic<int> accepted_{0};
+  std::atomic<int> silence_epoch_{0};
   std::mutex mu_;
   std::vector<std::thread> conns_;
   std::thread accept_thread_;

@@ -134,6 +134,55 @@ TEST(ConfigE2E, MissingConfigFileAndBadValuesAreErrors) {
   EXPECT_CONTAINS(bad.err, "--commit");
 }
 
+// The keepalive flags: a bad value stops the broker naming the flag, from the
+// command line and from the config file; the file's keys set them.
+TEST(ConfigE2E, KeepaliveFlagsAreValidatedAndSetByTheConfigFile) {
+  testing::TempDir dir;
+  struct Bad {
+    std::string arg, flag;
+  };
+  const Bad cases[] = {
+      {"--keepalive-time=500ms", "--keepalive-time must"},
+      {"--keepalive-time=soon", "--keepalive-time:"},
+      {"--keepalive-timeout=0", "--keepalive-timeout must"},
+      {"--keepalive-timeout=2h", "--keepalive-timeout must"},
+      {"--keepalive-min-client-interval=10ms", "--keepalive-min-client-interval must"},
+      {"--keepalive-min-client-interval=-1s", "--keepalive-min-client-interval:"},
+  };
+  for (const Bad& bad : cases) {
+    RunResult r = RunCommand({ERRAND_BROKER_PATH, bad.arg, "--data-dir", dir.path() + "/d"}, {},
+                             dir.path());
+    EXPECT_EQ(r.exit_code, 2) << bad.arg << ": " << r.err;
+    EXPECT_CONTAINS(r.err, bad.flag);
+  }
+  // Nothing was started: the data directory was never created.
+  EXPECT_NE(::access((dir.path() + "/d").c_str(), F_OK), 0);
+
+  std::string bad_file = WriteFile(dir.path() + "/bad.toml", "keepalive-timeout = \"50ms\"\n");
+  RunResult r = RunCommand({ERRAND_BROKER_PATH, "--config", bad_file, "--print-config"}, {},
+                           dir.path());
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_CONTAINS(r.err, "--keepalive-timeout must");
+
+  std::string file = WriteFile(dir.path() + "/ka.toml",
+                               "keepalive-time = \"45s\"\n"
+                               "keepalive_timeout = \"3s\"\n"
+                               "keepalive-min-client-interval = \"2s\"\n");
+  RunResult printed = RunCommand({ERRAND_BROKER_PATH, "--config", file, "--print-config"}, {},
+                                 dir.path());
+  ASSERT_EQ(printed.exit_code, 0) << printed.err;
+  EXPECT_CONTAINS(printed.out, "\nkeepalive-time = \"45s\"\n");
+  EXPECT_CONTAINS(printed.out, "\nkeepalive-timeout = \"3s\"\n");
+  EXPECT_CONTAINS(printed.out, "\nkeepalive-min-client-interval = \"2s\"\n");
+  EXPECT_CONTAINS(printed.out, "# env: ERRAND_BROKER_KEEPALIVE_TIME\n");
+  // The defaults, as --help shows them.
+  RunResult help = RunCommand({ERRAND_BROKER_PATH, "--help"}, {}, dir.path());
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_CONTAINS(help.out, "--keepalive-time TEXT=30s ");
+  EXPECT_CONTAINS(help.out, "--keepalive-timeout TEXT=10s ");
+  EXPECT_CONTAINS(help.out, "--keepalive-min-client-interval TEXT=5s ");
+}
+
 TEST(ConfigE2E, HelpNamesEachFlagsEnvironmentVariable) {
   testing::TempDir dir;
   RunResult r = RunCommand({ERRAND_BROKER_PATH, "--help"}, {}, dir.path());

@@ -140,5 +140,55 @@ TEST(ConfigTest, ValidateAcceptsBoundaryValues) {
   EXPECT_TRUE(c.Validate().ok()) << c.Validate();
 }
 
+// "--keepalive-time" is a prefix of "--keepalive-timeout": each message is
+// matched with what follows the flag's name.
+TEST(ConfigTest, ValidateRejectsBadKeepaliveValuesNamingTheFlag) {
+  const BadConfig cases[] = {
+      {"keepalive time under 1s", [](Config& c) { c.keepalive_time = milliseconds(999); },
+       "--keepalive-time must"},
+      {"keepalive time over 24h", [](Config& c) { c.keepalive_time = hours(24) + seconds(1); },
+       "--keepalive-time must"},
+      {"zero keepalive timeout", [](Config& c) { c.keepalive_timeout = milliseconds(0); },
+       "--keepalive-timeout must"},
+      {"keepalive timeout under 100ms", [](Config& c) { c.keepalive_timeout = milliseconds(99); },
+       "--keepalive-timeout must"},
+      {"keepalive timeout over 1h", [](Config& c) { c.keepalive_timeout = hours(1) + seconds(1); },
+       "--keepalive-timeout must"},
+      {"negative min client interval",
+       [](Config& c) { c.keepalive_min_client_interval = milliseconds(-1); },
+       "--keepalive-min-client-interval must"},
+      {"min client interval under 100ms",
+       [](Config& c) { c.keepalive_min_client_interval = milliseconds(99); },
+       "--keepalive-min-client-interval must"},
+      {"min client interval over 24h",
+       [](Config& c) { c.keepalive_min_client_interval = hours(24) + seconds(1); },
+       "--keepalive-min-client-interval must"},
+  };
+  for (const BadConfig& bad : cases) {
+    Config c;
+    bad.mutate(c);
+    absl::Status s = c.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad.name << ": " << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(bad.flag)) << bad.name;
+  }
+}
+
+TEST(ConfigTest, KeepaliveDefaultsAndBoundaries) {
+  Config c;
+  EXPECT_EQ(c.keepalive_time, seconds(30));
+  EXPECT_EQ(c.keepalive_timeout, seconds(10));
+  EXPECT_EQ(c.keepalive_min_client_interval, seconds(5));
+  // The client library's default keepalive_time (10s) must stay allowed.
+  EXPECT_LE(c.keepalive_min_client_interval, seconds(10));
+  c.keepalive_time = seconds(1);
+  c.keepalive_timeout = milliseconds(100);
+  c.keepalive_min_client_interval = milliseconds(100);
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+  c.keepalive_time = hours(24);
+  c.keepalive_timeout = hours(1);
+  c.keepalive_min_client_interval = hours(24);
+  EXPECT_TRUE(c.Validate().ok()) << c.Validate();
+}
+
 }  // namespace
 }  // namespace errand

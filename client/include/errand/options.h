@@ -53,6 +53,25 @@ struct ClientOptions {
   // Most enqueues packed into one EnqueueStream message. Default: 1000.
   size_t max_pack = 1000;
 
+  // --- Connection liveness (HTTP/2 keepalive pings) ---
+  // A connection that went silently dead (no FIN, no RST: a pulled cable, a
+  // dead NAT entry, a partition) is noticed within keepalive_time +
+  // keepalive_timeout, also while only idle streams are open (a Worker
+  // waiting on an empty queue, a Subscription on a quiet topic, a Wait long
+  // poll); the calls on it fail with UNAVAILABLE and Worker, Subscription
+  // and enqueues reconnect and go on. Keep keepalive_time at or above the
+  // broker's --keepalive-min-client-interval (default 5s): a client pinging
+  // faster than that is disconnected with GOAWAY "too_many_pings".
+  // Connect() fails with INVALID_ARGUMENT naming a field out of range.
+  // Ping the broker when the connection has been quiet this long, with or
+  // without data on the open streams; 1s to 24h. Default: 10s.
+  std::chrono::milliseconds keepalive_time{10000};
+  // Close the connection when a ping is not answered within this; 100ms to
+  // 1h. keepalive_time + keepalive_timeout (20s by default) stays below
+  // enqueue_timeout, so an enqueue caught on a dead connection is sent again
+  // on a new one before it times out. Default: 10s.
+  std::chrono::milliseconds keepalive_timeout{10000};
+
   // --- Security: TLS and the bearer token (README "Security") ---
   // Speak TLS to the broker (its --tls-cert). Setting any tls_*_file below
   // implies it. Connect() fails with INVALID_ARGUMENT naming a file it
