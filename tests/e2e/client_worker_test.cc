@@ -84,6 +84,35 @@ TEST_F(ClientWorkerTest, ConcurrencyFourProcessesThousandJobsExactlyOnce) {
   }
 }
 
+// Throughput of the library's Worker with short jobs against the broker
+// (sync commits, the default): prints the time for 1,000 jobs at
+// concurrency 1 and 4. A measurement, not a check; disabled by default, run
+// it with --gtest_also_run_disabled_tests.
+TEST_F(ClientWorkerTest, DISABLED_TimeThousandShortJobsAtConcurrencyOneAndFour) {
+  for (int concurrency : {1, 4}) {
+    const std::string queue = "timed" + std::to_string(concurrency);
+    std::vector<v1::EnqueueRequest> jobs;
+    for (int i = 0; i < 1000; ++i) jobs.push_back(NewJob(queue, std::to_string(i)));
+    ASSERT_TRUE(lib_->EnqueueBatch(jobs).ok());
+    WorkerOptions o;
+    o.queues = {queue};
+    o.concurrency = concurrency;
+    auto t0 = Clock::now();
+    auto worker = Worker::Start(*lib_, o, [](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+      return job.payload();
+    });
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    while ((*worker)->stats().completed < 1000 && Since(t0) < 120s) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    auto took = std::chrono::duration_cast<std::chrono::microseconds>(Since(t0));
+    (*worker)->Stop();
+    EXPECT_EQ((*worker)->stats().completed, 1000u);
+    std::printf("concurrency %d: 1000 jobs in %.1f ms (%.0f us/job)\n", concurrency,
+                took.count() / 1000.0, took.count() / 1000.0);
+  }
+}
+
 TEST_F(ClientWorkerTest, HandlerErrorsFailTheJob) {
   auto retry = NewJob("errs", "retry");
   retry.set_max_attempts(2);
