@@ -790,6 +790,112 @@ TEST(ClientWorkerWireTest, ReportsInFlightWhenTheStreamBreaksAreSentAgainWithout
   EXPECT_EQ(rec.On(2).size(), 0u) << "an unexpected third stream";
 }
 
+// An ack with UNAVAILABLE makes the outcome sent again (after the client's
+// retry backoff), with its token and without a second credit.
+TEST(ClientWorkerWireTest, AnOutcomeAckedUnavailableIsSentAgain) {
+  Received rec;
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+    if (!Ack(s, req.request_id(), absl::StatusCode::kUnavailable)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+    if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    return std::string("done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 1; }, 10s));
+  (*worker)->Stop();
+  WorkerStats st = (*worker)->stats();
+  EXPECT_EQ(st.completed, 1u);
+  EXPECT_EQ(st.lost_leases, 0u);
+  std::vector<v1::ConnectRequest> got = rec.On(0);
+  ASSERT_GE(got.size(), 3u);
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
+    EXPECT_EQ(got[i].complete().job_id(), "job-0");
+    EXPECT_EQ(got[i].complete().lease_token(), 100u);
+  }
+  EXPECT_NE(got[1].request_id(), got[2].request_id());
+  uint32_t credits = 0;
+  for (const auto& r : got) credits += CreditsIn(r);
+  EXPECT_EQ(credits, 2u) << "the hello's and the first complete's, no more";
+}
+
+// A handler that returns while no stream is up: its slot is granted by the
+// next stream's hello, and its outcome goes out on that stream (with its
+// token) without a credit of its own.
+TEST(ClientWorkerWireTest, AnOutcomeReadyWhileNoStreamIsUpGoesOutOnTheNextStream) {
+  Received rec;
+  std::atomic<bool> started{false}, dropped{false}, release{false};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    v1::ConnectRequest req;
+    if (n == 0) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!Deliver(s, "job-a", 100)) return grpc::Status::OK;
+      WaitFor([&] { return started.load(); }, 10s);
+      dropped = true;
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted drop");
+    }
+    if (n == 1) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // A's complete
+      if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    }
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  o.error_backoff = 1500ms;  // the reconnection waits this long
+  o.max_error_backoff = 1500ms;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    started = true;
+    WaitFor([&] { return release.load(); }, 20s);
+    return std::string("a done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(WaitFor([&] { return dropped.load(); }, 10s));
+  std::this_thread::sleep_for(200ms);  // the worker sees the stream end, then waits to reconnect
+  release = true;
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 1; }, 15s));
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 1u);
+
+  std::vector<v1::ConnectRequest> s0 = rec.On(0);
+  ASSERT_EQ(s0.size(), 1u) << "only the hello on the first stream";
+  std::vector<v1::ConnectRequest> s1 = rec.On(1);
+  ASSERT_GE(s1.size(), 2u);
+  ASSERT_TRUE(s1[0].has_hello()) << s1[0].DebugString();
+  EXPECT_EQ(s1[0].hello().credits(), 1u) << "the free slot was not granted by the hello";
+  ASSERT_TRUE(s1[1].has_complete()) << s1[1].DebugString();
+  EXPECT_EQ(s1[1].complete().job_id(), "job-a");
+  EXPECT_EQ(s1[1].complete().lease_token(), 100u);
+  uint32_t credits = 0;
+  for (const auto& r : s1) credits += CreditsIn(r);
+  EXPECT_EQ(credits, 1u) << "the slot was granted twice";
+}
+
 // Stop() returns only once the outcomes of finished jobs are acked (up to
 // stop_timeout), so stats() is final then.
 TEST(ClientWorkerWireTest, StopWaitsForTheAckOfAReportInFlight) {
