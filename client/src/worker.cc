@@ -9,7 +9,10 @@
 // - deliveries come from the stream reader (Connect, one credit per free
 //   slot) or from one poller thread that leases exactly as many jobs as
 //   there are free slots (unary);
-// - `concurrency` executor threads run the handler, then report the outcome;
+// - `concurrency` executor threads run the handler, then report the outcome:
+//   on Connect without waiting for the ack (the stream's reader thread
+//   counts it; one report thread sends again what a broken stream lost), so
+//   the thread takes its next job at once; unary waits for the answer;
 // - one heartbeat thread extends the leases of running jobs (a third of the
 //   remaining lease, at most max_heartbeat_interval) and turns
 //   cancel_requested / lost leases into JobContext::cancelled().
@@ -171,9 +174,41 @@ class UnaryTransport final : public WorkerTransport {
 };
 
 // One Workers.Connect stream, reopened with backoff when it breaks.
+//
+// Threads: the reader (Run) reads deliveries, cancel pushes and acks, and
+// runs the continuation of an outcome (ReportOutcome's `done`) when its ack
+// arrives or its stream ends; the report thread (RunReports) sends again the
+// outcomes a broken stream lost and gives up those without an ack in time;
+// any thread writes (executors, heartbeat, Stop). A continuation never runs
+// under one of this class's locks and must not block (it runs on the reader).
+//
 // Locks: write_mu_ (stream liveness and every write) is taken before the
-// owner's mutex (free_slots / ReleaseSlot's `mutate`), never after; the
-// reader never blocks on write_mu_ while a write could be waiting for it.
+// owner's mutex (free_slots / the `free_slot` and `mutate` callbacks) and
+// before pend_mu_ (pending acks, outcomes to send again), never after; the
+// owner's mutex and pend_mu_ are never held together. The reader never
+// blocks on write_mu_ while a write could be waiting for it.
+//
+// Slots and credits. The owner has `concurrency` handler slots; free_slots
+// counts those not taken by a job that is queued or running (an outcome
+// waiting for its ack takes no slot: its job is still leased at the broker
+// until the complete applies, but needs no handler thread). Invariant, for
+// the live stream: slots taken + jobs in flight to the worker + credits the
+// broker holds on it <= concurrency. It holds because every slot is granted
+// on a stream by exactly one message, written under write_mu_ together with
+// the change that frees the slot:
+// - the hello of a stream grants every free slot (free_slots, read under
+//   write_mu_); a stream's end forgets its credits, so the next hello
+//   starts over from the slots free then;
+// - a delivery uses one credit and takes one slot;
+// - a slot freed while a stream is live is granted on it by the message that
+//   frees it: the outcome's more_credits (ReportOutcome), or a credits
+//   message (ReleaseSlot, a job given up without a report); freed while no
+//   stream is live (or on a stream whose write failed), it is left to the
+//   next hello.
+// So an outcome sent again on a later stream carries no credit: that
+// stream's hello counted its slot, or the slot is taken by the job its first
+// credit brought (granting it again there would let the broker push one job
+// more than the worker can hold, for good).
 class ConnectTransport final : public WorkerTransport {
  public:
   struct Hooks {
@@ -183,9 +218,16 @@ class ConnectTransport final : public WorkerTransport {
     std::function<void(const std::string&)> on_cancel;
   };
 
+  // The outcome's ack status (OK or the broker's error), or why it was given
+  // up: UNAVAILABLE after retry.max_attempts attempts (each waits up to
+  // rpc_timeout for a stream) or once Close() was called, DEADLINE_EXCEEDED
+  // without an ack within rpc_timeout of a send.
+  using OutcomeDone = std::function<void(const absl::Status&)>;
+
   ConnectTransport(Client& client, const WorkerOptions& options, Hooks hooks)
       : stub_(v1::Workers::NewStub(client.channel())),
         rpc_timeout_(client.options().rpc_timeout),
+        retry_(client.options().retry),
         options_(options),
         hooks_(std::move(hooks)) {}
 
@@ -216,7 +258,7 @@ class ConnectTransport final : public WorkerTransport {
         if (up) {
           stream_ = stream.get();
           live_ = true;
-          ++stream_gen_;
+          SetStreamUp(true);
           write_cv_.notify_all();
         }
       }
@@ -232,6 +274,7 @@ class ConnectTransport final : public WorkerTransport {
       {
         std::lock_guard<std::mutex> lock(write_mu_);
         live_ = false;
+        SetStreamUp(false);
         stream_ = nullptr;
       }
       grpc::Status st = stream->Finish();
@@ -266,19 +309,108 @@ class ConnectTransport final : public WorkerTransport {
 
   // Runs `mutate` (which frees a slot in the owner's state) under the write
   // lock, then grants one credit on the live stream, so that a hello sent
-  // concurrently counts the freed slot exactly once. `granted_on`: the
-  // stream on which the job's complete or fail already carried the slot's
-  // credit (more_credits; 0: none); on that stream it is not granted again.
-  // A stream opened since counted the slot as held in its hello, so it
-  // gets the credit now.
-  void ReleaseSlot(const std::function<void()>& mutate, uint64_t granted_on) {
+  // concurrently counts the freed slot exactly once. For a job whose outcome
+  // is not reported (ReportOutcome grants the slot itself).
+  void ReleaseSlot(const std::function<void()>& mutate) {
     std::lock_guard<std::mutex> lock(write_mu_);
     mutate();
     if (!live_ || no_credits_) return;
-    if (granted_on != 0 && granted_on == stream_gen_) return;
     v1::ConnectRequest req;
     req.set_credits(1);
     stream_->Write(req);  // A failure ends the stream; the next hello counts the slot.
+  }
+
+  // Reports a job's outcome (a complete or fail request, from
+  // CompleteRequest/FailRequest) without waiting for its ack: runs
+  // `free_slot` (which frees the job's slot in the owner's state) under the
+  // write lock and writes `req` on the live stream with the slot's credit
+  // (more_credits, unless credits have stopped), so the broker may push the
+  // next job at once. Without a live stream it is sent by the report thread
+  // once one is up. A stream that breaks before the ack makes it sent again
+  // (with its token, without a credit: see the class comment) after the
+  // retry policy's backoff, up to retry.max_attempts attempts, as Request's
+  // callers retry UNAVAILABLE; so is an ack with UNAVAILABLE. `done` runs
+  // once, on the reader or the report thread (or on this one when Close()
+  // was called): see OutcomeDone.
+  void ReportOutcome(v1::ConnectRequest req, const std::function<void()>& free_slot,
+                     OutcomeDone done) {
+    auto o = std::make_shared<Outcome>();
+    o->req = std::move(req);
+    o->done = std::move(done);
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      free_slot();
+      if (live_) {
+        if (!no_credits_) o->req.set_more_credits(1);
+        SendOutcome(o);
+        return;
+      }
+      if (!closing_) {
+        // The first attempt waits up to rpc_timeout for a stream.
+        o->not_before = SteadyClock::now();
+        o->stream_by = o->not_before + rpc_timeout_;
+        std::lock_guard<std::mutex> pl(pend_mu_);
+        retries_.push_back(o);
+        WakeReports();
+        return;
+      }
+    }
+    o->done(absl::UnavailableError("worker stopping"));
+  }
+
+  // The report thread's loop (see ReportOutcome); returns after
+  // StopReports(), which is called after Close() and Run() returned.
+  void RunReports() {
+    std::unique_lock<std::mutex> pl(pend_mu_);
+    for (;;) {
+      const auto now = SteadyClock::now();
+      // Sleep at most rpc_timeout: an outcome sent meanwhile is not overdue
+      // before that.
+      auto wake_at = now + rpc_timeout_;
+      std::vector<std::shared_ptr<Outcome>> overdue, due;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        const std::shared_ptr<Pending>& p = it->second;
+        if (p->outcome != nullptr) {
+          if (reports_stopped_ || p->ack_by <= now) {
+            overdue.push_back(p->outcome);
+            it = pending_.erase(it);
+            continue;
+          }
+          wake_at = std::min(wake_at, p->ack_by);
+        }
+        ++it;
+      }
+      std::vector<std::shared_ptr<Outcome>> waiting;
+      for (auto& o : retries_) {
+        if (reports_stopped_ || (o->not_before <= now && (stream_up_ || o->stream_by <= now))) {
+          due.push_back(std::move(o));
+        } else {
+          wake_at = std::min(wake_at, o->not_before > now ? o->not_before : o->stream_by);
+          waiting.push_back(std::move(o));
+        }
+      }
+      retries_.swap(waiting);
+      if (!overdue.empty() || !due.empty()) {
+        const absl::Status why = reports_stopped_
+                                     ? absl::UnavailableError("worker stopping")
+                                     : absl::DeadlineExceededError("no answer on the Connect stream");
+        pl.unlock();
+        for (auto& o : overdue) o->done(why);
+        for (auto& o : due) Attempt(o);
+        pl.lock();
+        continue;
+      }
+      if (reports_stopped_) return;
+      pend_cv_.wait_until(pl, wake_at, [this] { return wake_; });
+      wake_ = false;
+    }
+  }
+
+  // Ends RunReports: what still waits to be sent again is given up.
+  void StopReports() {
+    std::lock_guard<std::mutex> pl(pend_mu_);
+    reports_stopped_ = true;
+    WakeReports();
   }
 
   // Half-closes the stream and waits up to `timeout` for it to end
@@ -290,6 +422,7 @@ class ConnectTransport final : public WorkerTransport {
     if (live_) {
       stream_->WritesDone();
       live_ = false;  // no more writes on it
+      SetStreamUp(false);
     }
     write_cv_.notify_all();
     if (!write_cv_.wait_for(lock, timeout, [this] { return finished_; })) {
@@ -302,35 +435,32 @@ class ConnectTransport final : public WorkerTransport {
   }
   void Interrupt() override {}
 
+  // Blocking, without a credit (Stop's fail-backs).
   absl::Status Complete(const v1::Lease& lease, const std::string& result) override {
-    return Complete(lease, result, nullptr);
+    return Request(CompleteRequest(lease, result)).status();
   }
   absl::Status Fail(const v1::Lease& lease, const std::string& error,
                     bool non_retryable) override {
-    return Fail(lease, error, non_retryable, nullptr);
+    return Request(FailRequest(lease, error, non_retryable)).status();
   }
-  // With `granted_on`, the message also grants the credit for the slot the
-  // job frees (more_credits): the broker may deliver the next job with the
-  // ack instead of waiting for a credit message after it. `*granted_on` is
-  // set to the stream the credit went out on (see ReleaseSlot).
-  absl::Status Complete(const v1::Lease& lease, const std::string& result,
-                        uint64_t* granted_on) {
+
+  static v1::ConnectRequest CompleteRequest(const v1::Lease& lease, const std::string& result) {
     v1::ConnectRequest req;
     auto* c = req.mutable_complete();
     c->set_job_id(lease.job().id());
     c->set_lease_token(lease.lease_token());
     c->set_result(result);
-    return Request(std::move(req), granted_on).status();
+    return req;
   }
-  absl::Status Fail(const v1::Lease& lease, const std::string& error, bool non_retryable,
-                    uint64_t* granted_on) {
+  static v1::ConnectRequest FailRequest(const v1::Lease& lease, const std::string& error,
+                                        bool non_retryable) {
     v1::ConnectRequest req;
     auto* f = req.mutable_fail();
     f->set_job_id(lease.job().id());
     f->set_lease_token(lease.lease_token());
     f->set_error(error);
     f->set_non_retryable(non_retryable);
-    return Request(std::move(req), granted_on).status();
+    return req;
   }
 
   absl::StatusOr<v1::ExtendResponse> Extend(const v1::Lease& lease,
@@ -352,19 +482,107 @@ class ConnectTransport final : public WorkerTransport {
   }
 
  private:
+  // An outcome reported by ReportOutcome. `req` changes only under write_mu_
+  // (request_id, more_credits); the rest under pend_mu_ while it waits to
+  // be sent again.
+  struct Outcome {
+    v1::ConnectRequest req;
+    OutcomeDone done;
+    int attempt = 1;                      // the attempt under way or next
+    SteadyClock::time_point not_before;   // of the next attempt (backoff)
+    SteadyClock::time_point stream_by;    // that attempt waits for a stream until then
+  };
+
+  // A request written on the stream, waiting for its ack: either a thread
+  // waits for it (Request: done, status, ack) or it is an outcome (nobody
+  // waits; the ack or the stream's end continues it).
   struct Pending {
     bool done = false;
     absl::Status status;
     v1::ConnectAck ack;
+    std::shared_ptr<Outcome> outcome;
+    SteadyClock::time_point ack_by;  // outcomes: given up without an ack then
   };
+
+  // Under write_mu_ with a live stream: writes `o` with a new request id. A
+  // failed write ends the stream; the reader's FailPending then hands the
+  // outcome to the report thread like the others that stream lost.
+  void SendOutcome(const std::shared_ptr<Outcome>& o) {
+    const uint64_t id = ++next_request_id_;
+    o->req.set_request_id(id);
+    {
+      std::lock_guard<std::mutex> pl(pend_mu_);
+      auto p = std::make_shared<Pending>();
+      p->outcome = o;
+      p->ack_by = SteadyClock::now() + rpc_timeout_;
+      pending_[id] = std::move(p);
+    }
+    // The ack (and `done`) may come before Write returns; `req` is only read
+    // here, and `o` keeps it alive.
+    stream_->Write(o->req);
+  }
+
+  // The report thread: one attempt to send `o` again.
+  void Attempt(const std::shared_ptr<Outcome>& o) {
+    absl::Status failed;
+    bool closing = false;
+    {
+      std::lock_guard<std::mutex> lock(write_mu_);
+      if (closing_) {
+        closing = true;
+        failed = absl::UnavailableError("worker stopping");
+      } else if (live_) {
+        o->req.clear_more_credits();  // this stream's hello counted the slot
+        SendOutcome(o);
+        return;
+      } else if (SteadyClock::now() < o->stream_by) {
+        std::lock_guard<std::mutex> pl(pend_mu_);
+        retries_.push_back(o);  // the stream went down again meanwhile: wait on
+        return;
+      } else {
+        failed = absl::UnavailableError("no Connect stream");
+      }
+    }
+    {
+      std::lock_guard<std::mutex> pl(pend_mu_);
+      if (!closing && RetryLater(o, failed)) return;
+    }
+    o->done(failed);
+  }
+
+  // Under pend_mu_: schedules the next attempt of an outcome whose attempt
+  // failed with `s`, as the unary Report retries: UNAVAILABLE only, after
+  // BackoffFor(retry, attempt), up to retry.max_attempts. False: give up.
+  bool RetryLater(const std::shared_ptr<Outcome>& o, const absl::Status& s) {
+    if (s.code() != absl::StatusCode::kUnavailable || o->attempt >= retry_.max_attempts ||
+        reports_stopped_) {
+      return false;
+    }
+    o->not_before = SteadyClock::now() + internal::BackoffFor(retry_, o->attempt);
+    o->stream_by = o->not_before + rpc_timeout_;
+    ++o->attempt;
+    retries_.push_back(o);
+    WakeReports();
+    return true;
+  }
+
+  // Under pend_mu_.
+  void WakeReports() {
+    wake_ = true;
+    pend_cv_.notify_all();
+  }
+
+  // Under write_mu_: mirrors live_ for the report thread (under pend_mu_).
+  void SetStreamUp(bool up) {
+    std::lock_guard<std::mutex> pl(pend_mu_);
+    stream_up_ = up;
+    if (up) WakeReports();
+  }
 
   // Sends `req` on the live stream (waiting up to rpc_timeout for one) and
   // waits up to rpc_timeout for its ack. An ack with an error code becomes
-  // that status; a broken stream UNAVAILABLE. With `granted_on`, `req`
-  // carries one credit (unless credits have stopped) and `*granted_on` gets
-  // the stream it was written on.
-  absl::StatusOr<v1::ConnectAck> Request(v1::ConnectRequest req,
-                                         uint64_t* granted_on = nullptr) {
+  // that status; a broken stream UNAVAILABLE.
+  absl::StatusOr<v1::ConnectAck> Request(v1::ConnectRequest req) {
     auto p = std::make_shared<Pending>();
     uint64_t id;
     {
@@ -375,8 +593,6 @@ class ConnectTransport final : public WorkerTransport {
       }
       id = ++next_request_id_;
       req.set_request_id(id);
-      const bool grant = granted_on != nullptr && !no_credits_;
-      if (grant) req.set_more_credits(1);
       {
         std::lock_guard<std::mutex> plock(pend_mu_);
         pending_[id] = p;
@@ -386,7 +602,6 @@ class ConnectTransport final : public WorkerTransport {
         pending_.erase(id);
         return absl::UnavailableError("the Connect stream broke");
       }
-      if (grant) *granted_on = stream_gen_;
     }
     std::unique_lock<std::mutex> plock(pend_mu_);
     if (!pend_cv_.wait_for(plock, rpc_timeout_, [&] { return p->done; })) {
@@ -406,18 +621,28 @@ class ConnectTransport final : public WorkerTransport {
         hooks_.on_cancel(resp->cancel_job_id());
         return;
       case v1::ConnectResponse::kAck: {
-        std::lock_guard<std::mutex> plock(pend_mu_);
-        auto it = pending_.find(resp->ack().request_id());
-        if (it == pending_.end()) return;  // timed out
-        auto p = it->second;
-        pending_.erase(it);
-        if (resp->ack().error_code() != 0) {
-          p->status = absl::Status(static_cast<absl::StatusCode>(resp->ack().error_code()),
-                                   resp->ack().error_message());
+        std::shared_ptr<Outcome> answered;
+        absl::Status status;
+        {
+          std::lock_guard<std::mutex> plock(pend_mu_);
+          auto it = pending_.find(resp->ack().request_id());
+          if (it == pending_.end()) return;  // timed out
+          auto p = it->second;
+          pending_.erase(it);
+          if (resp->ack().error_code() != 0) {
+            status = absl::Status(static_cast<absl::StatusCode>(resp->ack().error_code()),
+                                  resp->ack().error_message());
+          }
+          if (p->outcome != nullptr) {
+            if (!RetryLater(p->outcome, status)) answered = std::move(p->outcome);
+          } else {
+            p->status = status;
+            p->ack = std::move(*resp->mutable_ack());
+            p->done = true;
+            pend_cv_.notify_all();
+          }
         }
-        p->ack = std::move(*resp->mutable_ack());
-        p->done = true;
-        pend_cv_.notify_all();
+        if (answered != nullptr) answered->done(status);  // outside pend_mu_
         return;
       }
       case v1::ConnectResponse::KIND_NOT_SET:
@@ -425,18 +650,29 @@ class ConnectTransport final : public WorkerTransport {
     }
   }
 
+  // The stream ended: requests waiting for an ack fail with `s`; outcomes
+  // are sent again on the next stream (or given up, see RetryLater).
   void FailPending(const absl::Status& s) {
-    std::lock_guard<std::mutex> plock(pend_mu_);
-    for (auto& [id, p] : pending_) {
-      p->status = s;
-      p->done = true;
+    std::vector<std::shared_ptr<Outcome>> given_up;
+    {
+      std::lock_guard<std::mutex> plock(pend_mu_);
+      for (auto& [id, p] : pending_) {
+        if (p->outcome != nullptr) {
+          if (!RetryLater(p->outcome, s)) given_up.push_back(std::move(p->outcome));
+          continue;
+        }
+        p->status = s;
+        p->done = true;
+      }
+      pending_.clear();
+      pend_cv_.notify_all();
     }
-    pending_.clear();
-    pend_cv_.notify_all();
+    for (auto& o : given_up) o->done(s);
   }
 
   std::unique_ptr<v1::Workers::Stub> stub_;
   const milliseconds rpc_timeout_;
+  const RetryPolicy retry_;
   const WorkerOptions options_;
   const Hooks hooks_;
 
@@ -449,11 +685,16 @@ class ConnectTransport final : public WorkerTransport {
   bool finished_ = false;
   bool no_credits_ = false;
   uint64_t next_request_id_ = 0;
-  uint64_t stream_gen_ = 0;  // counts the streams that went live
 
   std::mutex pend_mu_;
+  // Request's waiters and the report thread (wake_) wait on it.
   std::condition_variable pend_cv_;
   std::map<uint64_t, std::shared_ptr<Pending>> pending_;
+  // Outcomes to send (again) by the report thread.
+  std::vector<std::shared_ptr<Outcome>> retries_;
+  bool stream_up_ = false;  // live_, for the report thread
+  bool wake_ = false;
+  bool reports_stopped_ = false;
 };
 
 class Context final : public JobContext {
@@ -537,6 +778,7 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
     auto self = shared_from_this();
     if (connect_ != nullptr) {
       poller_ = std::thread([self] { self->connect_->Run(); });
+      reporter_ = std::thread([self] { self->connect_->RunReports(); });
     } else {
       poller_ = std::thread([self] { self->PollLoop(); });
     }
@@ -571,8 +813,21 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   void OnCancel(const std::string& job_id);
   void ExecLoop();
   void HeartbeatLoop();
-  // Complete or Fail, retried on UNAVAILABLE.
+  // Complete or Fail, retried on UNAVAILABLE; blocks until the answer.
   absl::Status Report(const std::function<absl::Status()>& call);
+  // Connect: reports `run`'s outcome without waiting for the ack (frees its
+  // slot and grants it in the same message).
+  void ReportAsync(const Running& run, const absl::StatusOr<std::string>& result);
+  // Under mu_: counts an outcome (a complete if `succeeded`, else a fail)
+  // that the broker answered with `s`.
+  void Count(bool succeeded, const absl::Status& s) {
+    if (s.ok()) ++(succeeded ? stats_.completed : stats_.failed);
+    if (LostLease(s)) ++stats_.lost_leases;  // the broker redelivers it: ignore
+  }
+  static std::string ErrorText(const absl::Status& error) {
+    std::string text(error.message());
+    return text.empty() ? error.ToString() : text;
+  }
   bool SleepUnlessStopping(milliseconds d) {
     std::unique_lock<std::mutex> lock(mu_);
     return !cv_.wait_for(lock, d, [this] { return stopping_.load(); });
@@ -588,7 +843,15 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   std::condition_variable cv_;
   std::atomic<bool> stopping_{false};
   bool stopped_ = false;
-  int held_ = 0;  // leases held: queued or running
+  // Jobs taking a handler slot: queued or running (and, for a moment after
+  // the handler returned, until the outcome is handed to the transport). On
+  // Connect this is what the hello's credits and every credit grant count
+  // (see ConnectTransport); unary: also while the outcome is reported.
+  int held_ = 0;
+  // Connect: outcomes handed to the transport whose ack is not in yet (their
+  // jobs are still leased at the broker but take no slot). Stop waits for
+  // them; WorkerStats counts each when its ack arrives.
+  int reporting_ = 0;
   std::deque<v1::Lease> queue_;
   std::map<std::string, std::shared_ptr<Running>> running_;
   // Connect: cancel requests for queued jobs; deliveries after Stop().
@@ -596,6 +859,7 @@ class Worker::Impl : public std::enable_shared_from_this<Worker::Impl> {
   std::vector<v1::Lease> late_;
   WorkerStats stats_;
   std::thread poller_;
+  std::thread reporter_;  // Connect: ConnectTransport::RunReports
   std::thread heartbeat_;
   std::vector<std::thread> executors_;
 };
@@ -697,43 +961,58 @@ void Worker::Impl::ExecLoop() {
       abandoned = run->abandoned;
       running_.erase(run->lease.job().id());
     }
+    if (connect_ != nullptr && !abandoned) {
+      ReportAsync(*run, result);  // on to the next job
+      continue;
+    }
     absl::Status s;
-    // Connect: the stream on which the outcome also granted this slot's
-    // credit, so that the next job comes with the ack.
-    uint64_t granted_on = 0;
-    if (!abandoned) {
+    if (!abandoned) {  // unary: wait for the answer
       if (result.ok()) {
-        s = Report([&] {
-          return connect_ != nullptr ? connect_->Complete(run->lease, *result, &granted_on)
-                                     : transport_->Complete(run->lease, *result);
-        });
+        s = Report([&] { return transport_->Complete(run->lease, *result); });
       } else {
-        std::string error = std::string(result.status().message());
-        if (error.empty()) error = result.status().ToString();
-        bool non_retryable = IsNonRetryable(result.status());
         s = Report([&] {
-          return connect_ != nullptr
-                     ? connect_->Fail(run->lease, error, non_retryable, &granted_on)
-                     : transport_->Fail(run->lease, error, non_retryable);
+          return transport_->Fail(run->lease, ErrorText(result.status()),
+                                  IsNonRetryable(result.status()));
         });
       }
     }
     auto release = [&] {
       std::lock_guard<std::mutex> lock(mu_);
-      if (!abandoned) {
-        if (result.ok() && s.ok()) ++stats_.completed;
-        if (!result.ok() && s.ok()) ++stats_.failed;
-        if (LostLease(s)) ++stats_.lost_leases;  // the broker redelivers it: ignore
-      }
+      if (!abandoned) Count(result.ok(), s);
       --held_;
       cv_.notify_all();
     };
     if (connect_ != nullptr) {
-      connect_->ReleaseSlot(release, granted_on);  // grants the freed slot unless granted
+      connect_->ReleaseSlot(release);  // grants the freed slot
     } else {
       release();
     }
   }
+}
+
+void Worker::Impl::ReportAsync(const Running& run, const absl::StatusOr<std::string>& result) {
+  v1::ConnectRequest req =
+      result.ok() ? ConnectTransport::CompleteRequest(run.lease, *result)
+                  : ConnectTransport::FailRequest(run.lease, ErrorText(result.status()),
+                                                  IsNonRetryable(result.status()));
+  const bool succeeded = result.ok();
+  // Under the transport's write lock (lock order: write lock, then mu_).
+  auto free_slot = [this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    --held_;
+    ++reporting_;
+    cv_.notify_all();
+  };
+  // On the stream's reader or the report thread, or this one (see
+  // ConnectTransport::OutcomeDone); never under a transport lock. Those
+  // threads hold a reference to *this, and Stop() joins the first two.
+  auto done = [this, succeeded](const absl::Status& s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    Count(succeeded, s);
+    --reporting_;
+    cv_.notify_all();
+  };
+  connect_->ReportOutcome(std::move(req), free_slot, std::move(done));
 }
 
 void Worker::Impl::HeartbeatLoop() {
@@ -814,8 +1093,11 @@ void Worker::Impl::Stop() {
     }
   };
   {
+    // Handlers returned, and (Connect) the outcomes of the finished ones
+    // are acked, so stats() is final; bounded like the first wait.
     std::unique_lock<std::mutex> lock(mu_);
-    all_done = cv_.wait_for(lock, options_.stop_timeout, [this] { return held_ == 0; });
+    cv_.wait_for(lock, options_.stop_timeout, [this] { return held_ == 0 && reporting_ == 0; });
+    all_done = held_ == 0;
     stopped_ = true;
     cv_.notify_all();
   }
@@ -826,6 +1108,10 @@ void Worker::Impl::Stop() {
     // whatever it delivered after fail_late).
     connect_->Close(rpc_timeout_);
     if (poller_.joinable()) poller_.join();
+    // After the reader: no outcome can be handed to the report thread now;
+    // what it still holds is given up.
+    connect_->StopReports();
+    if (reporter_.joinable()) reporter_.join();
   }
   for (auto& t : executors_) {
     if (all_done) {

@@ -84,6 +84,35 @@ TEST_F(ClientWorkerTest, ConcurrencyFourProcessesThousandJobsExactlyOnce) {
   }
 }
 
+// Throughput of the library's Worker with short jobs against the broker
+// (sync commits, the default): prints the time for 1,000 jobs at
+// concurrency 1 and 4. A measurement, not a check; disabled by default, run
+// it with --gtest_also_run_disabled_tests.
+TEST_F(ClientWorkerTest, DISABLED_TimeThousandShortJobsAtConcurrencyOneAndFour) {
+  for (int concurrency : {1, 4}) {
+    const std::string queue = "timed" + std::to_string(concurrency);
+    std::vector<v1::EnqueueRequest> jobs;
+    for (int i = 0; i < 1000; ++i) jobs.push_back(NewJob(queue, std::to_string(i)));
+    ASSERT_TRUE(lib_->EnqueueBatch(jobs).ok());
+    WorkerOptions o;
+    o.queues = {queue};
+    o.concurrency = concurrency;
+    auto t0 = Clock::now();
+    auto worker = Worker::Start(*lib_, o, [](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+      return job.payload();
+    });
+    ASSERT_TRUE(worker.ok()) << worker.status();
+    while ((*worker)->stats().completed < 1000 && Since(t0) < 120s) {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+    auto took = std::chrono::duration_cast<std::chrono::microseconds>(Since(t0));
+    (*worker)->Stop();
+    EXPECT_EQ((*worker)->stats().completed, 1000u);
+    std::printf("concurrency %d: 1000 jobs in %.1f ms (%.0f us/job)\n", concurrency,
+                took.count() / 1000.0, took.count() / 1000.0);
+  }
+}
+
 TEST_F(ClientWorkerTest, HandlerErrorsFailTheJob) {
   auto retry = NewJob("errs", "retry");
   retry.set_max_attempts(2);
@@ -445,6 +474,471 @@ TEST(ClientWorkerWireTest, ACompleteCarriesTheCreditForTheSlotItFrees) {
   for (size_t i = 3; i < got.size(); ++i) {
     EXPECT_FALSE(got[i].kind_case() == v1::ConnectRequest::kCredits && got[i].credits() > 0)
         << "the slot's credit was granted twice: " << got[i].DebugString();
+  }
+}
+
+
+// A Connect peer in this process whose script the test writes: script(n, s)
+// serves the n-th stream (from 0); what it returns ends that stream.
+class ConnectScript final : public v1::Workers::Service {
+ public:
+  using Stream = grpc::ServerReaderWriter<v1::ConnectResponse, v1::ConnectRequest>;
+  using Script = std::function<grpc::Status(int, Stream*)>;
+  explicit ConnectScript(Script script) : script_(std::move(script)) {}
+  grpc::Status Connect(grpc::ServerContext*, Stream* stream) override {
+    return script_(streams_++, stream);
+  }
+
+ private:
+  Script script_;
+  std::atomic<int> streams_{0};
+};
+
+// Serves a ConnectScript on a free loopback port until destroyed.
+class ScriptServer {
+ public:
+  explicit ScriptServer(ConnectScript* peer) {
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(peer);
+    server_ = builder.BuildAndStart();
+  }
+  ~ScriptServer() {
+    if (server_) server_->Shutdown(testing::In(5s));
+  }
+  bool ok() const { return server_ != nullptr && port_ > 0; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int port_ = 0;
+  std::unique_ptr<grpc::Server> server_;
+};
+
+bool Deliver(ConnectScript::Stream* s, const std::string& id, uint64_t token) {
+  v1::ConnectResponse delivery;
+  auto* lease = delivery.mutable_delivery();
+  lease->mutable_job()->set_id(id);
+  lease->mutable_job()->set_queue("scripted");
+  lease->set_lease_token(token);
+  *lease->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
+  return s->Write(delivery);
+}
+
+bool Ack(ConnectScript::Stream* s, uint64_t request_id,
+         absl::StatusCode code = absl::StatusCode::kOk) {
+  v1::ConnectResponse ack;
+  ack.mutable_ack()->set_request_id(request_id);
+  ack.mutable_ack()->set_error_code(static_cast<int>(code));
+  if (code != absl::StatusCode::kOk) ack.mutable_ack()->set_error_message("scripted error");
+  return s->Write(ack);
+}
+
+// What one stream of a ConnectScript received, readable from the test.
+class Received {
+ public:
+  void Add(int stream, const v1::ConnectRequest& r) {
+    std::lock_guard<std::mutex> l(mu_);
+    got_[stream].push_back(r);
+  }
+  std::vector<v1::ConnectRequest> On(int stream) {
+    std::lock_guard<std::mutex> l(mu_);
+    return got_[stream];
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<int, std::vector<v1::ConnectRequest>> got_;
+};
+
+// Reads the next message that is not an extend (extends, from the
+// heartbeat, are acked with a new deadline). Records all of them.
+bool ReadReport(ConnectScript::Stream* s, int stream, Received* rec, v1::ConnectRequest* req) {
+  for (;;) {
+    if (!s->Read(req)) return false;
+    rec->Add(stream, *req);
+    if (!req->has_extend()) return true;
+    v1::ConnectResponse ack;
+    ack.mutable_ack()->set_request_id(req->request_id());
+    *ack.mutable_ack()->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
+    if (!s->Write(ack)) return false;
+  }
+}
+
+// Records (and acks the extends of) whatever comes until the worker ends
+// the stream.
+grpc::Status Drain(ConnectScript::Stream* s, int stream, Received* rec) {
+  v1::ConnectRequest req;
+  while (ReadReport(s, stream, rec, &req)) {
+  }
+  return grpc::Status::OK;
+}
+
+bool WaitFor(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+  auto start = Clock::now();
+  while (!pred()) {
+    if (Since(start) > testing::Scaled(timeout)) return false;
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// Credits a message grants (credits, hello.credits, more_credits).
+uint32_t CreditsIn(const v1::ConnectRequest& r) {
+  uint32_t n = r.more_credits();
+  if (r.kind_case() == v1::ConnectRequest::kCredits) n += r.credits();
+  if (r.has_hello()) n += r.hello().credits();
+  return n;
+}
+
+// The report of a job is asynchronous: once its complete (with the credit
+// for the slot) is written, the handler thread takes the next job, which
+// the broker may deliver before the ack (a sync broker acks after its
+// fsync). The outcome is counted when the ack arrives.
+TEST(ClientWorkerWireTest, TheNextJobStartsBeforeThePreviousCompleteIsAcked) {
+  Received rec;
+  std::atomic<bool> got_first{false}, release_ack{false}, second_started{false};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-0's complete
+    got_first = true;
+    const uint64_t first_rid = req.request_id();
+    // The credit rode in that complete: the next job, and no ack yet.
+    if (!Deliver(s, "job-1", 101)) return grpc::Status::OK;
+    WaitFor([&] { return release_ack.load(); }, 20s);
+    if (!Ack(s, first_rid)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-1's complete
+    if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    if (job.id() == "job-1") second_started = true;
+    return std::string("done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(WaitFor([&] { return got_first.load(); }, 10s));
+  EXPECT_TRUE(WaitFor([&] { return second_started.load(); }, 3s))
+      << "the handler thread waited for the previous complete's ack";
+  EXPECT_EQ((*worker)->stats().completed, 0u) << "counted before its ack";
+  release_ack = true;
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 2; }, 10s));
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 2u);
+
+  std::vector<v1::ConnectRequest> got = rec.On(0);
+  ASSERT_GE(got.size(), 3u);
+  ASSERT_TRUE(got[0].has_hello()) << got[0].DebugString();
+  EXPECT_EQ(got[0].hello().credits(), 1u);
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
+    EXPECT_EQ(got[i].complete().job_id(), "job-" + std::to_string(i - 1));
+    EXPECT_EQ(got[i].complete().lease_token(), 100u + (i - 1));
+    EXPECT_EQ(got[i].more_credits(), 1u) << "complete " << i << " did not carry the credit";
+  }
+}
+
+// Stats follow the acks: a complete or fail acked OK counts as completed or
+// failed, one answered FAILED_PRECONDITION or NOT_FOUND as a lost lease.
+TEST(ClientWorkerWireTest, TheAckDecidesWhatTheOutcomeCountsAs) {
+  Received rec;
+  const std::vector<absl::StatusCode> answers = {
+      absl::StatusCode::kOk, absl::StatusCode::kOk, absl::StatusCode::kFailedPrecondition,
+      absl::StatusCode::kNotFound};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    for (size_t i = 0; i < answers.size(); ++i) {
+      if (!Deliver(s, "job-" + std::to_string(i), 100 + i)) return grpc::Status::OK;
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+      if (!Ack(s, req.request_id(), answers[i])) return grpc::Status::OK;
+    }
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  // Even jobs complete, odd ones fail.
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    if ((job.id().back() - '0') % 2 == 1) return absl::InternalError("odd");
+    return std::string("even");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        WorkerStats st = (*worker)->stats();
+        return st.completed + st.failed + st.lost_leases == 4;
+      },
+      10s));
+  (*worker)->Stop();
+  WorkerStats st = (*worker)->stats();
+  EXPECT_EQ(st.leased, 4u);
+  EXPECT_EQ(st.completed, 1u);    // job-0
+  EXPECT_EQ(st.failed, 1u);       // job-1
+  EXPECT_EQ(st.lost_leases, 2u);  // job-2 (complete), job-3 (fail)
+  std::vector<v1::ConnectRequest> got = rec.On(0);
+  ASSERT_GE(got.size(), 5u);
+  EXPECT_TRUE(got[1].has_complete() && got[3].has_complete());
+  EXPECT_TRUE(got[2].has_fail() && got[4].has_fail());
+  EXPECT_EQ(got[2].fail().error(), "odd");
+}
+
+// The stream breaks while job A's complete waits for its ack and job B
+// (delivered with A's credit) runs. On the next stream A is reported again
+// with its token, once, and the new stream is granted no credit while B
+// holds the only slot: the hello counts the slots free at that moment (A's
+// is occupied by B), and a report sent again carries no credit of its own.
+// B's complete then grants the slot, as usual.
+TEST(ClientWorkerWireTest, ReportsInFlightWhenTheStreamBreaksAreSentAgainWithoutAnotherCredit) {
+  Received rec;
+  std::atomic<bool> b_started{false}, release_b{false}, a_resent{false};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    v1::ConnectRequest req;
+    if (n == 0) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!Deliver(s, "job-a", 100)) return grpc::Status::OK;
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // A's complete
+      if (!Deliver(s, "job-b", 101)) return grpc::Status::OK;
+      WaitFor([&] { return b_started.load(); }, 3s);
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted drop");  // no ack for A
+    }
+    if (n == 1) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // A again
+      if (!Ack(s, req.request_id())) return grpc::Status::OK;
+      a_resent = true;
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // B's complete
+      if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    }
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+    if (job.id() == "job-b") {
+      b_started = true;
+      WaitFor([&] { return release_b.load(); }, 20s);
+    }
+    return job.id() + " done";
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitFor([&] { return a_resent.load(); }, 10s));
+  EXPECT_TRUE(b_started.load());
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 1; }, 10s));
+  release_b = true;
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 2; }, 10s));
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 2u);
+  EXPECT_EQ((*worker)->stats().lost_leases, 0u);
+
+  // Stream 0: hello, A's complete with the slot's credit.
+  std::vector<v1::ConnectRequest> s0 = rec.On(0);
+  ASSERT_GE(s0.size(), 2u);
+  EXPECT_EQ(s0[0].hello().credits(), 1u);
+  ASSERT_TRUE(s0[1].has_complete()) << s0[1].DebugString();
+  EXPECT_EQ(s0[1].complete().job_id(), "job-a");
+  EXPECT_EQ(s0[1].more_credits(), 1u);
+  // Stream 1: hello, A again (token 100), B (token 101), each once.
+  std::vector<v1::ConnectRequest> s1 = rec.On(1);
+  ASSERT_GE(s1.size(), 1u);
+  ASSERT_TRUE(s1[0].has_hello()) << s1[0].DebugString();
+  std::map<std::string, int> reports[2];
+  for (int stream = 0; stream < 2; ++stream) {
+    for (const auto& r : rec.On(stream)) {
+      if (r.has_complete()) reports[stream][r.complete().job_id()]++;
+      if (r.has_fail()) reports[stream][r.fail().job_id()]++;
+    }
+  }
+  EXPECT_EQ(reports[0], (std::map<std::string, int>{{"job-a", 1}}));
+  EXPECT_EQ(reports[1], (std::map<std::string, int>{{"job-a", 1}, {"job-b", 1}}));
+  uint32_t credits_before_b = 0, credits_total = 0;
+  bool b_seen = false;
+  for (const auto& r : s1) {
+    if (r.has_complete()) {
+      EXPECT_EQ(r.complete().lease_token(), r.complete().job_id() == "job-a" ? 100u : 101u);
+      if (r.complete().job_id() == "job-b") b_seen = true;
+    }
+    credits_total += CreditsIn(r);
+    if (!b_seen) credits_before_b += CreditsIn(r);
+  }
+  EXPECT_EQ(credits_before_b, 0u) << "a credit for a slot that job B occupies";
+  EXPECT_EQ(credits_total, 1u) << "the worker may be pushed more jobs than it can hold";
+  EXPECT_EQ(rec.On(2).size(), 0u) << "an unexpected third stream";
+}
+
+// An ack with UNAVAILABLE makes the outcome sent again (after the client's
+// retry backoff), with its token and without a second credit.
+TEST(ClientWorkerWireTest, AnOutcomeAckedUnavailableIsSentAgain) {
+  Received rec;
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+    if (!Ack(s, req.request_id(), absl::StatusCode::kUnavailable)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+    if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    return std::string("done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 1; }, 10s));
+  (*worker)->Stop();
+  WorkerStats st = (*worker)->stats();
+  EXPECT_EQ(st.completed, 1u);
+  EXPECT_EQ(st.lost_leases, 0u);
+  std::vector<v1::ConnectRequest> got = rec.On(0);
+  ASSERT_GE(got.size(), 3u);
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
+    EXPECT_EQ(got[i].complete().job_id(), "job-0");
+    EXPECT_EQ(got[i].complete().lease_token(), 100u);
+  }
+  EXPECT_NE(got[1].request_id(), got[2].request_id());
+  uint32_t credits = 0;
+  for (const auto& r : got) credits += CreditsIn(r);
+  EXPECT_EQ(credits, 2u) << "the hello's and the first complete's, no more";
+}
+
+// A handler that returns while no stream is up: its slot is granted by the
+// next stream's hello, and its outcome goes out on that stream (with its
+// token) without a credit of its own.
+TEST(ClientWorkerWireTest, AnOutcomeReadyWhileNoStreamIsUpGoesOutOnTheNextStream) {
+  Received rec;
+  std::atomic<bool> started{false}, dropped{false}, release{false};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    v1::ConnectRequest req;
+    if (n == 0) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!Deliver(s, "job-a", 100)) return grpc::Status::OK;
+      WaitFor([&] { return started.load(); }, 10s);
+      dropped = true;
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "scripted drop");
+    }
+    if (n == 1) {
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+      if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // A's complete
+      if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    }
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  o.error_backoff = 1500ms;  // the reconnection waits this long
+  o.max_error_backoff = 1500ms;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    started = true;
+    WaitFor([&] { return release.load(); }, 20s);
+    return std::string("a done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(WaitFor([&] { return dropped.load(); }, 10s));
+  std::this_thread::sleep_for(200ms);  // the worker sees the stream end, then waits to reconnect
+  release = true;
+  EXPECT_TRUE(WaitFor([&] { return (*worker)->stats().completed == 1; }, 15s));
+  (*worker)->Stop();
+  EXPECT_EQ((*worker)->stats().completed, 1u);
+
+  std::vector<v1::ConnectRequest> s0 = rec.On(0);
+  ASSERT_EQ(s0.size(), 1u) << "only the hello on the first stream";
+  std::vector<v1::ConnectRequest> s1 = rec.On(1);
+  ASSERT_GE(s1.size(), 2u);
+  ASSERT_TRUE(s1[0].has_hello()) << s1[0].DebugString();
+  EXPECT_EQ(s1[0].hello().credits(), 1u) << "the free slot was not granted by the hello";
+  ASSERT_TRUE(s1[1].has_complete()) << s1[1].DebugString();
+  EXPECT_EQ(s1[1].complete().job_id(), "job-a");
+  EXPECT_EQ(s1[1].complete().lease_token(), 100u);
+  uint32_t credits = 0;
+  for (const auto& r : s1) credits += CreditsIn(r);
+  EXPECT_EQ(credits, 1u) << "the slot was granted twice";
+}
+
+// Stop() returns only once the outcomes of finished jobs are acked (up to
+// stop_timeout), so stats() is final then.
+TEST(ClientWorkerWireTest, StopWaitsForTheAckOfAReportInFlight) {
+  Received rec;
+  std::atomic<bool> got_complete{false}, release_ack{false};
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // its complete
+    got_complete = true;
+    WaitFor([&] { return release_ack.load(); }, 20s);
+    if (!Ack(s, req.request_id())) return grpc::Status::OK;
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  ASSERT_TRUE(lib.ok()) << lib.status();
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  o.stop_timeout = 10s;
+  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+    return std::string("done");
+  });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  ASSERT_TRUE(WaitFor([&] { return got_complete.load(); }, 10s));
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    (*worker)->Stop();
+    stopped = true;
+  });
+  std::this_thread::sleep_for(300ms);
+  EXPECT_FALSE(stopped.load()) << "Stop() returned before the ack of a finished job";
+  release_ack = true;
+  stopper.join();
+  EXPECT_EQ((*worker)->stats().completed, 1u);
+  for (const auto& r : rec.On(0)) {
+    EXPECT_FALSE(r.has_fail()) << "the finished job was failed back: " << r.DebugString();
   }
 }
 

@@ -20,10 +20,15 @@
 // stream per Worker, granting one credit per free handler slot; the
 // broker pushes deliveries and cancel requests, and Complete/Fail/Extend ride
 // the same stream. A job's complete or fail also grants the credit for the
-// slot it frees (ConnectRequest.more_credits), so the next job arrives with
-// the ack; it starts once the ack is in and the handler thread is free. A broken stream is reopened with backoff; jobs held from
-// the old stream are still reported (with their tokens) on the new one. The
-// unary Lease long poll + Complete/Fail/Extend remains as kUnary.
+// slot it frees (ConnectRequest.more_credits), and the handler thread does
+// not wait for its ack: it starts the next job as soon as one is there
+// (the broker may push it with or before the ack). The outcome is counted
+// in stats() when its ack arrives, and Stop() waits for the acks of
+// finished jobs. A broken stream is reopened with backoff; jobs held from
+// the old stream, and outcomes not yet acked, are still reported (with
+// their tokens) on the new one. The unary Lease long poll +
+// Complete/Fail/Extend remains as kUnary, where the handler thread waits
+// for each answer before its next job.
 
 #include <cstdint>
 #include <functional>
@@ -68,6 +73,8 @@ bool IsNonRetryable(const absl::Status& error);
 // Counters since Start.
 struct WorkerStats {
   uint64_t leased = 0;
+  // Completes and fails the broker accepted, counted when its answer
+  // arrives.
   uint64_t completed = 0;
   uint64_t failed = 0;
   // Jobs failed back by Stop() after stop_timeout.
@@ -88,9 +95,10 @@ class Worker {
 
   // Takes no new jobs, lets running handlers finish for up to
   // options.stop_timeout, then fails the rest back to the broker (error
-  // "worker stopping") and returns once every handler returned (a handler
-  // that ignores cancelled() for more than another stop_timeout is left
-  // behind on a detached thread). Idempotent.
+  // "worker stopping") and returns once every handler returned and every
+  // outcome reported was answered (a handler that ignores cancelled() for
+  // more than another stop_timeout is left behind on a detached thread; an
+  // outcome unanswered after that long is given up). Idempotent.
   void Stop();
 
   WorkerStats stats() const;
