@@ -427,6 +427,20 @@ class ScriptedConnectPeer final : public v1::Workers::Service {
   std::vector<v1::ConnectRequest> received_;
 };
 
+// `got` starts with a hello granting one credit, then the completes of
+// job-0 (token 100) and job-1 (token 101), each carrying its slot's credit.
+void ExpectHelloThenTwoCompletesWithCredits(const std::vector<v1::ConnectRequest>& got) {
+  ASSERT_GE(got.size(), 3u);
+  ASSERT_TRUE(got[0].has_hello()) << got[0].DebugString();
+  EXPECT_EQ(got[0].hello().credits(), 1u);
+  for (size_t i = 1; i <= 2; ++i) {
+    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
+    EXPECT_EQ(got[i].complete().job_id(), "job-" + std::to_string(i - 1));
+    EXPECT_EQ(got[i].complete().lease_token(), 100u + (i - 1));
+    EXPECT_EQ(got[i].more_credits(), 1u) << "complete " << i << " did not carry the credit";
+  }
+}
+
 TEST(ClientWorkerWireTest, ACompleteCarriesTheCreditForTheSlotItFrees) {
   ScriptedConnectPeer peer;
   grpc::ServerBuilder builder;
@@ -462,15 +476,7 @@ TEST(ClientWorkerWireTest, ACompleteCarriesTheCreditForTheSlotItFrees) {
   EXPECT_EQ(handled.load(), 2);
   EXPECT_EQ((*worker)->stats().completed, 2u);
   std::vector<v1::ConnectRequest> got = peer.received();
-  ASSERT_GE(got.size(), 3u);
-  ASSERT_TRUE(got[0].has_hello()) << got[0].DebugString();
-  EXPECT_EQ(got[0].hello().credits(), 1u);
-  for (size_t i = 1; i <= 2; ++i) {
-    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
-    EXPECT_EQ(got[i].complete().job_id(), "job-" + std::to_string(i - 1));
-    EXPECT_EQ(got[i].complete().lease_token(), 100u + (i - 1));
-    EXPECT_EQ(got[i].more_credits(), 1u) << "complete " << i << " did not carry the credit";
-  }
+  ExpectHelloThenTwoCompletesWithCredits(got);
   for (size_t i = 3; i < got.size(); ++i) {
     EXPECT_FALSE(got[i].kind_case() == v1::ConnectRequest::kCredits && got[i].credits() > 0)
         << "the slot's credit was granted twice: " << got[i].DebugString();
@@ -513,6 +519,36 @@ class ScriptServer {
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
+
+// A client of a ScriptServer and a Worker on it (the worker goes first).
+// `(*w)->stats()` reaches the worker.
+struct ScriptedWorker {
+  std::unique_ptr<errand::Client> client;
+  std::unique_ptr<Worker> worker;
+  Worker* operator->() const { return worker.get(); }
+};
+
+// One slot on queue "scripted", the default transport (Connect).
+WorkerOptions ScriptedOptions() {
+  WorkerOptions o;
+  o.queues = {"scripted"};
+  o.concurrency = 1;
+  return o;
+}
+
+absl::StatusOr<ScriptedWorker> StartScripted(const ScriptServer& server, const WorkerOptions& o,
+                                             JobHandler handler) {
+  ClientOptions co;
+  co.address = server.address();
+  auto lib = errand::Client::Connect(co);
+  if (!lib.ok()) return lib.status();
+  ScriptedWorker w;
+  w.client = std::move(*lib);
+  auto worker = Worker::Start(*w.client, o, std::move(handler));
+  if (!worker.ok()) return worker.status();
+  w.worker = std::move(*worker);
+  return w;
+}
 
 bool Deliver(ConnectScript::Stream* s, const std::string& id, uint64_t token) {
   v1::ConnectResponse delivery;
@@ -615,14 +651,8 @@ TEST(ClientWorkerWireTest, TheNextJobStartsBeforeThePreviousCompleteIsAcked) {
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+  WorkerOptions o = ScriptedOptions();
+  auto worker = StartScripted(server, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
     if (job.id() == "job-1") second_started = true;
     return std::string("done");
   });
@@ -637,15 +667,7 @@ TEST(ClientWorkerWireTest, TheNextJobStartsBeforeThePreviousCompleteIsAcked) {
   EXPECT_EQ((*worker)->stats().completed, 2u);
 
   std::vector<v1::ConnectRequest> got = rec.On(0);
-  ASSERT_GE(got.size(), 3u);
-  ASSERT_TRUE(got[0].has_hello()) << got[0].DebugString();
-  EXPECT_EQ(got[0].hello().credits(), 1u);
-  for (size_t i = 1; i <= 2; ++i) {
-    ASSERT_TRUE(got[i].has_complete()) << got[i].DebugString();
-    EXPECT_EQ(got[i].complete().job_id(), "job-" + std::to_string(i - 1));
-    EXPECT_EQ(got[i].complete().lease_token(), 100u + (i - 1));
-    EXPECT_EQ(got[i].more_credits(), 1u) << "complete " << i << " did not carry the credit";
-  }
+  ExpectHelloThenTwoCompletesWithCredits(got);
 }
 
 // Stats follow the acks: a complete or fail acked OK counts as completed or
@@ -668,15 +690,9 @@ TEST(ClientWorkerWireTest, TheAckDecidesWhatTheOutcomeCountsAs) {
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
+  WorkerOptions o = ScriptedOptions();
   // Even jobs complete, odd ones fail.
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+  auto worker = StartScripted(server, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
     if ((job.id().back() - '0') % 2 == 1) return absl::InternalError("odd");
     return std::string("even");
   });
@@ -731,14 +747,8 @@ TEST(ClientWorkerWireTest, ReportsInFlightWhenTheStreamBreaksAreSentAgainWithout
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
+  WorkerOptions o = ScriptedOptions();
+  auto worker = StartScripted(server, o, [&](const v1::Job& job, JobContext&) -> absl::StatusOr<std::string> {
     if (job.id() == "job-b") {
       b_started = true;
       WaitFor([&] { return release_b.load(); }, 20s);
@@ -807,14 +817,8 @@ TEST(ClientWorkerWireTest, AnOutcomeAckedUnavailableIsSentAgain) {
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+  WorkerOptions o = ScriptedOptions();
+  auto worker = StartScripted(server, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
     return std::string("done");
   });
   ASSERT_TRUE(worker.ok()) << worker.status();
@@ -860,16 +864,10 @@ TEST(ClientWorkerWireTest, AnOutcomeReadyWhileNoStreamIsUpGoesOutOnTheNextStream
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
+  WorkerOptions o = ScriptedOptions();
   o.error_backoff = 1500ms;  // the reconnection waits this long
   o.max_error_backoff = 1500ms;
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+  auto worker = StartScripted(server, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
     started = true;
     WaitFor([&] { return release.load(); }, 20s);
     return std::string("a done");
@@ -914,15 +912,9 @@ TEST(ClientWorkerWireTest, StopWaitsForTheAckOfAReportInFlight) {
   });
   ScriptServer server(&peer);
   ASSERT_TRUE(server.ok());
-  ClientOptions co;
-  co.address = server.address();
-  auto lib = errand::Client::Connect(co);
-  ASSERT_TRUE(lib.ok()) << lib.status();
-  WorkerOptions o;
-  o.queues = {"scripted"};
-  o.concurrency = 1;
+  WorkerOptions o = ScriptedOptions();
   o.stop_timeout = 10s;
-  auto worker = Worker::Start(**lib, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+  auto worker = StartScripted(server, o, [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
     return std::string("done");
   });
   ASSERT_TRUE(worker.ok()) << worker.status();

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace errand {
 namespace {
@@ -72,8 +73,19 @@ struct BadConfig {
   const char* flag;
 };
 
+// Each case must be refused with INVALID_ARGUMENT naming its flag.
+void ExpectRefused(const std::vector<BadConfig>& cases) {
+  for (const BadConfig& bad : cases) {
+    Config c;
+    bad.mutate(c);
+    absl::Status s = c.Validate();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad.name << ": " << s;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(bad.flag)) << bad.name;
+  }
+}
+
 TEST(ConfigTest, ValidateRejectsBadValuesNamingTheFlag) {
-  const BadConfig cases[] = {
+  const std::vector<BadConfig> cases = {
       {"empty listen", [](Config& c) { c.listen.clear(); }, "--listen"},
       {"empty data dir", [](Config& c) { c.data_dir.clear(); }, "--data-dir"},
       {"zero sync interval", [](Config& c) { c.sync_interval = milliseconds(0); },
@@ -114,13 +126,7 @@ TEST(ConfigTest, ValidateRejectsBadValuesNamingTheFlag) {
        },
        "--max-message-bytes"},
   };
-  for (const BadConfig& bad : cases) {
-    Config c;
-    bad.mutate(c);
-    absl::Status s = c.Validate();
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad.name << ": " << s;
-    EXPECT_THAT(std::string(s.message()), HasSubstr(bad.flag)) << bad.name;
-  }
+  ExpectRefused(cases);
 }
 
 TEST(ConfigTest, ValidateAcceptsBoundaryValues) {
@@ -143,7 +149,7 @@ TEST(ConfigTest, ValidateAcceptsBoundaryValues) {
 // "--keepalive-time" is a prefix of "--keepalive-timeout": each message is
 // matched with what follows the flag's name.
 TEST(ConfigTest, ValidateRejectsBadKeepaliveValuesNamingTheFlag) {
-  const BadConfig cases[] = {
+  const std::vector<BadConfig> cases = {
       {"keepalive time under 1s", [](Config& c) { c.keepalive_time = milliseconds(999); },
        "--keepalive-time must"},
       {"keepalive time over 24h", [](Config& c) { c.keepalive_time = hours(24) + seconds(1); },
@@ -164,13 +170,7 @@ TEST(ConfigTest, ValidateRejectsBadKeepaliveValuesNamingTheFlag) {
        [](Config& c) { c.keepalive_min_client_interval = hours(24) + seconds(1); },
        "--keepalive-min-client-interval must"},
   };
-  for (const BadConfig& bad : cases) {
-    Config c;
-    bad.mutate(c);
-    absl::Status s = c.Validate();
-    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << bad.name << ": " << s;
-    EXPECT_THAT(std::string(s.message()), HasSubstr(bad.flag)) << bad.name;
-  }
+  ExpectRefused(cases);
 }
 
 TEST(ConfigTest, KeepaliveDefaultsAndBoundaries) {

@@ -44,6 +44,20 @@ v1::Event Event(const std::string& job_id, std::chrono::microseconds age = {}) {
   return ev;
 }
 
+// A lease: an async write of job `id` with its event.
+Mutation LeaseWrite(uint64_t id) {
+  Mutation m = JobWrite(id, "leased", /*sync=*/false);
+  m.events = {Event(std::to_string(id))};
+  return m;
+}
+
+// Sends the sequence numbers of the events `pipeline` hands on to `sunk`.
+void CollectSeqs(CommitPipeline& pipeline, std::vector<uint64_t>* sunk) {
+  pipeline.SetEventSink([sunk](std::vector<v1::Event>&& evs) {
+    for (const auto& e : evs) sunk->push_back(e.seq());
+  });
+}
+
 // Every test runs twice: with the pipeline's writer thread, and with the
 // writes done by the closures it posts (write_on_post_thread).
 class CommitPipelineTest : public ::testing::TestWithParam<bool> {
@@ -296,14 +310,10 @@ TEST_P(CommitPipelineTest, InSyncModeEventsOfAsyncWritesRideTheNextSyncWritesFsy
   options.sync_interval = std::chrono::minutes(10);  // no background fsync either
   auto pipeline = MakePipeline(options);
   std::vector<uint64_t> sunk;
-  pipeline->SetEventSink([&](std::vector<v1::Event>&& evs) {
-    for (const auto& e : evs) sunk.push_back(e.seq());
-  });
+  CollectSeqs(*pipeline, &sunk);
   pipeline->Start();
-  Mutation lease = JobWrite(1, "leased", /*sync=*/false);
-  lease.events = {Event("1")};
   bool lease_acked = false;
-  pipeline->Submit(std::move(lease), [&](CommitResult&& r) {
+  pipeline->Submit(LeaseWrite(1), [&](CommitResult&& r) {
     EXPECT_TRUE(r.status.ok()) << r.status;
     EXPECT_FALSE(r.synced);
     lease_acked = true;
@@ -332,14 +342,10 @@ TEST_P(CommitPipelineTest, InSyncModeEventsWaitingForAnFsyncGoOutAtStop) {
   options.event_fsync_delay = std::chrono::minutes(10);
   auto pipeline = MakePipeline(options);
   std::vector<uint64_t> sunk;
-  pipeline->SetEventSink([&](std::vector<v1::Event>&& evs) {
-    for (const auto& e : evs) sunk.push_back(e.seq());
-  });
+  CollectSeqs(*pipeline, &sunk);
   pipeline->Start();
-  Mutation lease = JobWrite(1, "leased", /*sync=*/false);
-  lease.events = {Event("1")};
   bool acked = false;
-  pipeline->Submit(std::move(lease), [&](CommitResult&&) { acked = true; });
+  pipeline->Submit(LeaseWrite(1), [&](CommitResult&&) { acked = true; });
   ASSERT_TRUE(inbox_.RunUntil([&] { return acked; }));
   pipeline->Stop();  // does not wait out the delay
   EXPECT_GE(pipeline->stats().fsyncs, 1u);
