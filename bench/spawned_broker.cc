@@ -82,6 +82,11 @@ std::string SpawnedBroker::Log() const {
 }
 
 bool SpawnedBroker::Launch(std::string* addr, Clock::duration ready_within) {
+  // Built before the fork: the child of a threaded process may not allocate
+  // (another thread may have held the allocator's lock at the fork).
+  std::vector<char*> argv;
+  for (auto& a : args_) argv.push_back(a.data());
+  argv.push_back(nullptr);
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) {
@@ -103,9 +108,6 @@ bool SpawnedBroker::Launch(std::string* addr, Clock::duration ready_within) {
     if (::close_range(3, ~0U, 0) != 0) {
       for (int i = 3; i < 65536; ++i) ::close(i);
     }
-    std::vector<char*> argv;
-    for (auto& a : args_) argv.push_back(a.data());
-    argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }

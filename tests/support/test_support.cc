@@ -69,6 +69,12 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
   if (!http_chosen) args.push_back("--http-listen=127.0.0.1:0");
   if (!http_port_file_chosen) args.push_back("--http-port-file=" + http_port_file_);
   for (const auto& a : extra_args_) args.push_back(a);
+  // Built before the fork: the child of a threaded process may not allocate
+  // (another thread may have held the allocator's lock at the fork, and the
+  // child would wait for it forever, never reaching exec).
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return false;
@@ -83,9 +89,6 @@ bool BrokerProcess::Start(std::string* error, std::chrono::milliseconds timeout)
       ::close(fd);
     }
     CloseInheritedDescriptors();
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
