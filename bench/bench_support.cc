@@ -1,10 +1,13 @@
 #include "bench_support.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -47,6 +50,31 @@ double CpuUs(pid_t pid) {
   return (utime + stime) * 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
+double ContextSwitches(pid_t pid) {
+  if (pid <= 0) {
+    // Every thread of this process, those that ended included.
+    rusage ru{};
+    if (::getrusage(RUSAGE_SELF, &ru) != 0) return -1;
+    return static_cast<double>(ru.ru_nvcsw + ru.ru_nivcsw);
+  }
+  // Another process: the sum over its threads now (/proc/PID/status counts
+  // the main thread only). The broker's threads live as long as it does.
+  std::error_code ec;
+  std::filesystem::directory_iterator tasks("/proc/" + std::to_string(pid) + "/task", ec);
+  if (ec) return -1;
+  double total = 0;
+  for (const auto& task : tasks) {
+    std::ifstream in(task.path() / "status");
+    std::string line;
+    while (std::getline(in, line)) {
+      for (const char* key : {"voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:"}) {
+        if (line.rfind(key, 0) == 0) total += std::strtod(line.c_str() + std::strlen(key), nullptr);
+      }
+    }
+  }
+  return total;
+}
+
 long ProcStatusKb(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -81,6 +109,8 @@ ServerCounters GetCounters(errand::v1::Admin::Stub* admin, pid_t pid,
   c.commits = info.commits();
   c.broker_cpu_us = pid > 0 ? CpuUs(pid) : -1;
   c.bench_cpu_us = CpuUs(0);
+  c.broker_csw = pid > 0 ? ContextSwitches(pid) : -1;
+  c.bench_csw = ContextSwitches(0);
   c.commit_mode = info.commit_mode();
   if (admin == g_admin.get()) g_server_mode = info.commit_mode();
   if (info_out != nullptr) *info_out = std::move(info);

@@ -97,11 +97,16 @@ std::string QueueName(const std::string& phase);
 // utime + stime of a process in microseconds (/proc/PID/stat; pid 0: this
 // process), -1 if unknown.
 double CpuUs(pid_t pid);
+// Context switches (voluntary and not) of a process's threads (pid 0: this
+// process), -1 if unknown.
+double ContextSwitches(pid_t pid);
 
 struct ServerCounters {
   bool ok = false;
   double broker_cpu_us = -1;
   double bench_cpu_us = -1;
+  double broker_csw = -1;
+  double bench_csw = -1;
   uint64_t fsyncs = 0;
   uint64_t writes = 0;
   uint64_t commits = 0;

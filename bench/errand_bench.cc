@@ -600,6 +600,7 @@ struct Summary {
   double p50 = 0, p99 = 0, max = 0, take_p50 = 0, take_p99 = 0, fsyncs_per_job = -1, writes_per_fsync = -1;
   uint64_t fsyncs = 0, writes = 0;
   double broker_cpu_us_per_job = -1, bench_cpu_us_per_job = -1;
+  double broker_csw_per_job = -1, bench_csw_per_job = -1;
 };
 
 Summary Summarize(PhaseResult& r) {
@@ -622,6 +623,12 @@ Summary Summarize(PhaseResult& r) {
     if (r.jobs > 0 && r.before.bench_cpu_us >= 0 && r.after.bench_cpu_us >= 0) {
       s.bench_cpu_us_per_job = (r.after.bench_cpu_us - r.before.bench_cpu_us) / r.jobs;
     }
+    if (r.jobs > 0 && r.before.broker_csw >= 0 && r.after.broker_csw >= 0) {
+      s.broker_csw_per_job = (r.after.broker_csw - r.before.broker_csw) / r.jobs;
+    }
+    if (r.jobs > 0 && r.before.bench_csw >= 0 && r.after.bench_csw >= 0) {
+      s.bench_csw_per_job = (r.after.bench_csw - r.before.bench_csw) / r.jobs;
+    }
   }
   return s;
 }
@@ -640,12 +647,13 @@ void PrintLine(PhaseResult& r) {
       "system=errand mode=%s phase=%s jobs=%llu secs=%.3f rate=%.0f p50_us=%.0f p99_us=%.0f "
       "max_us=%.0f fsyncs_per_job=%.3f writes=%llu fsyncs=%llu writes_per_fsync=%.2f "
       "take_p50_us=%.0f take_p99_us=%.0f broker_cpu_us_per_job=%.1f bench_cpu_us_per_job=%.1f "
-      "producers=%d workers=%d credits=%s payload=%d "
+      "broker_csw_per_job=%.1f bench_csw_per_job=%.1f producers=%d workers=%d credits=%s payload=%d "
       "server_commit=%s acked=%s status=%s%s\n",
       g_flags.mode.c_str(), r.phase.c_str(), static_cast<unsigned long long>(r.jobs), r.secs,
       r.rate(), s.p50, s.p99, s.max, s.fsyncs_per_job, static_cast<unsigned long long>(s.writes),
       static_cast<unsigned long long>(s.fsyncs), s.writes_per_fsync, s.take_p50, s.take_p99,
-      s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, r.producers, g_flags.workers, g_flags.credits.c_str(), g_flags.payload, ServerMode(r).c_str(), AckedString(r.acked).c_str(),
+      s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, s.broker_csw_per_job,
+      s.bench_csw_per_job, r.producers, g_flags.workers, g_flags.credits.c_str(), g_flags.payload, ServerMode(r).c_str(), AckedString(r.acked).c_str(),
       status.c_str(), r.extra.c_str());
   if (!r.ok()) {
     std::printf("#   %s: %llu of %llu jobs, %llu errors%s%s\n", r.phase.c_str(),

@@ -36,8 +36,8 @@ for mode in sync async; do
       --phases=enqueue,drain,roundtrip,paced,batch --phase-timeout=60
   for phase in enqueue roundtrip; do
     for p in 1 2; do
-      has "$out" "^system=errand mode=$mode phase=$phase jobs=200 .* producers=$p .*status=ok" \
-          "no ok line for mode=$mode phase=$phase producers=$p"
+      has "$out" "^system=errand mode=$mode phase=$phase jobs=200 .* broker_cpu_us_per_job=[0-9][0-9.]* bench_cpu_us_per_job=[0-9][0-9.]* broker_csw_per_job=[0-9][0-9.]* bench_csw_per_job=[0-9][0-9.]* producers=$p .*status=ok" \
+          "no ok line (with CPU and context switches per job) for mode=$mode phase=$phase producers=$p"
     done
   done
   for phase in drain paced; do
