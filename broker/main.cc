@@ -27,6 +27,16 @@ bool ParseDurationFlag(const std::string& text, std::chrono::microseconds bare_u
   return true;
 }
 
+// A duration flag whose bare numbers are seconds, into a Config field of any
+// std::chrono duration (truncated to its unit).
+template <class Duration>
+bool ParseSecondsFlag(const std::string& text, const char* flag, Duration* out) {
+  std::chrono::microseconds d;
+  if (!ParseDurationFlag(text, std::chrono::seconds(1), flag, &d)) return false;
+  *out = std::chrono::duration_cast<Duration>(d);
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,45 +204,24 @@ int main(int argc, char** argv) {
   // run beside the broker (its container's health check, say).
   errand::ConfigLayers layers(app, "ERRAND_BROKER_");
   CLI11_PARSE(app, argc, argv);
-  {
-    std::chrono::microseconds t;
-    if (!ParseDurationFlag(http_timeout, std::chrono::seconds(1), "--http-timeout", &t)) return 2;
-    config.http_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(t);
-  }
+  if (!ParseSecondsFlag(http_timeout, "--http-timeout", &config.http_timeout)) return 2;
 
   config.commit = commit == "sync" ? errand::commit::SyncMode::kAlways
                                    : errand::commit::SyncMode::kInterval;
   config.sync_interval = std::chrono::milliseconds(sync_interval_ms);
-  std::chrono::microseconds d;
-  if (!ParseDurationFlag(default_lease, std::chrono::seconds(1), "--default-lease", &d)) return 2;
-  config.default_lease = d;
-  if (!ParseDurationFlag(shutdown_grace, std::chrono::seconds(1), "--shutdown-grace", &d)) return 2;
-  config.shutdown_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
-  if (!ParseDurationFlag(worker_grace, std::chrono::seconds(1), "--worker-grace", &d)) return 2;
-  config.worker_grace = std::chrono::duration_cast<std::chrono::milliseconds>(d);
-  if (!ParseDurationFlag(keepalive_time, std::chrono::seconds(1), "--keepalive-time", &d)) return 2;
-  config.keepalive_time = std::chrono::duration_cast<std::chrono::milliseconds>(d);
-  if (!ParseDurationFlag(keepalive_timeout, std::chrono::seconds(1), "--keepalive-timeout", &d)) {
+  if (!ParseSecondsFlag(default_lease, "--default-lease", &config.default_lease) ||
+      !ParseSecondsFlag(shutdown_grace, "--shutdown-grace", &config.shutdown_grace) ||
+      !ParseSecondsFlag(worker_grace, "--worker-grace", &config.worker_grace) ||
+      !ParseSecondsFlag(keepalive_time, "--keepalive-time", &config.keepalive_time) ||
+      !ParseSecondsFlag(keepalive_timeout, "--keepalive-timeout", &config.keepalive_timeout) ||
+      !ParseSecondsFlag(keepalive_min_client_interval, "--keepalive-min-client-interval",
+                        &config.keepalive_min_client_interval) ||
+      !ParseSecondsFlag(event_retention_age, "--event-retention-age",
+                        &config.event_retention_age) ||
+      !ParseSecondsFlag(retention, "--retention", &config.retention) ||
+      !ParseSecondsFlag(idempotency_window, "--idempotency-window", &config.idempotency_window)) {
     return 2;
   }
-  config.keepalive_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(d);
-  if (!ParseDurationFlag(keepalive_min_client_interval, std::chrono::seconds(1),
-                         "--keepalive-min-client-interval", &d)) {
-    return 2;
-  }
-  config.keepalive_min_client_interval = std::chrono::duration_cast<std::chrono::milliseconds>(d);
-  if (!ParseDurationFlag(event_retention_age, std::chrono::seconds(1), "--event-retention-age",
-                         &d)) {
-    return 2;
-  }
-  config.event_retention_age = d;
-  if (!ParseDurationFlag(retention, std::chrono::seconds(1), "--retention", &d)) return 2;
-  config.retention = d;
-  if (!ParseDurationFlag(idempotency_window, std::chrono::seconds(1), "--idempotency-window",
-                         &d)) {
-    return 2;
-  }
-  config.idempotency_window = d;
   if (auto s = config.Validate(); !s.ok()) {
     std::fprintf(stderr, "errand-broker: %s\n", std::string(s.message()).c_str());
     return 2;
