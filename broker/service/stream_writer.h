@@ -71,6 +71,23 @@ class StreamWriter {
   // Queues `msg`; starts a write when none is in flight.
   void Send(Queued msg) { SendBounded(std::move(msg), 0); }
 
+  // Queues `msg` without starting a write: a later Flush (or the end of the
+  // write in flight) starts it, packing `msg` with whatever queued after it.
+  // Dropped once the stream broke or is finishing.
+  void Hold(Queued msg) {
+    absl::MutexLock lock(&mu_);
+    if (finishing_ || broken_) return;
+    queued_.push_back(std::move(msg));
+  }
+  // Starts a write of what Hold queued, unless one is in flight.
+  void Flush() {
+    {
+      absl::MutexLock lock(&mu_);
+      if (writing_ || finished_ || !NextLocked()) return;
+    }
+    Issue();
+  }
+
   // As Send. With `limit` > 0: true while fewer than `limit` messages wait
   // behind the write in flight; false when the queue reached `limit` (the
   // message is queued all the same), and then `on_drained` runs once the

@@ -2,20 +2,47 @@
 
 #include <asio/post.hpp>
 #include <utility>
+#include <vector>
 
 namespace errand::util {
 namespace {
 
 thread_local int in_core_depth = 0;
+// The AfterThisClosure hooks of the closure running on this thread (null
+// outside Drain).
+thread_local std::vector<CoreExecutor::Fn>* after_closure = nullptr;
 
 struct InCoreScope {
-  InCoreScope() { ++in_core_depth; }
-  ~InCoreScope() { --in_core_depth; }
+  explicit InCoreScope(std::vector<CoreExecutor::Fn>* hooks) : saved(after_closure) {
+    ++in_core_depth;
+    after_closure = hooks;
+  }
+  ~InCoreScope() {
+    --in_core_depth;
+    after_closure = saved;
+  }
+  std::vector<CoreExecutor::Fn>* const saved;
 };
+
+void RunHooks(std::vector<CoreExecutor::Fn>& hooks) {
+  for (size_t i = 0; i < hooks.size(); ++i) {
+    CoreExecutor::Fn f = std::move(hooks[i]);  // a hook may add hooks (and grow the vector)
+    std::move(f)();
+  }
+  hooks.clear();
+}
 
 }  // namespace
 
 bool CoreExecutor::InCore() { return in_core_depth > 0; }
+
+void CoreExecutor::AfterThisClosure(Fn f) {
+  if (after_closure == nullptr) {
+    std::move(f)();
+    return;
+  }
+  after_closure->push_back(std::move(f));
+}
 
 void CoreExecutor::Run(Fn f) {
   bool closed;
@@ -53,7 +80,8 @@ void CoreExecutor::WakeCoreThread() {
 }
 
 void CoreExecutor::Drain(size_t limit, bool on_core_thread) {
-  InCoreScope scope;
+  std::vector<Fn> hooks;
+  InCoreScope scope(&hooks);
   for (size_t n = 0;; ++n) {
     Fn next;
     {
@@ -68,6 +96,7 @@ void CoreExecutor::Drain(size_t limit, bool on_core_thread) {
       (on_core_thread ? counts_.core_thread : counts_.in_place)++;
     }
     std::move(next)();
+    RunHooks(hooks);
   }
   WakeCoreThread();
 }

@@ -56,6 +56,13 @@ class CoreExecutor {
   // True on a thread while it runs a closure of any CoreExecutor.
   static bool InCore();
 
+  // Runs `f` in core right after the closure running now returns, before
+  // the next one; hooks added by hooks run too, in the order they were
+  // added. Outside a closure `f` runs at once. For output that a closure may
+  // produce piece by piece but should go out in one go (a stream's write
+  // started once, with everything the closure queued).
+  static void AfterThisClosure(Fn f);
+
   // Closures run so far, for tests and metrics: by the thread that handed
   // them in, and by the core thread.
   struct Counts {

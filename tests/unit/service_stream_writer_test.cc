@@ -31,6 +31,13 @@ void PackText(std::deque<int>& queued, std::string* out) {
   queued.pop_front();
 }
 
+// Everything queued in one write: "1+2+3".
+void JoinAll(std::deque<int>& queued, std::string* out) {
+  out->clear();
+  for (int v : queued) *out += (out->empty() ? "" : "+") + std::to_string(v);
+  queued.clear();
+}
+
 TEST(StreamWriterTest, SendBoundedSaysWhenFullAndCallsOnDrainedOnceEmpty) {
   FakeReactor r;
   int drained = 0;
@@ -82,6 +89,46 @@ TEST(StreamWriterTest, FinishWaitsForTheWriteInFlightAndQueuedMessages) {
   w.OnWriteDone(true);
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(r.writes, (std::vector<std::string>{"1", "2"}));
+}
+
+// Hold queues without writing; Flush writes what is held, packed into one
+// message, unless a write is in flight (its end writes them).
+TEST(StreamWriterTest, HeldMessagesGoOutTogetherOnFlush) {
+  FakeReactor r;
+  Writer w(&r, &JoinAll, nullptr);
+  w.Hold(1);
+  w.Hold(2);
+  EXPECT_TRUE(r.writes.empty()) << "Hold wrote";
+  w.Flush();
+  EXPECT_EQ(r.writes, (std::vector<std::string>{"1+2"}));
+  w.Hold(3);
+  w.Flush();  // "1+2" is still in flight
+  EXPECT_EQ(r.writes.size(), 1u);
+  w.Hold(4);
+  w.OnWriteDone(true);
+  EXPECT_EQ(r.writes, (std::vector<std::string>{"1+2", "3+4"}));
+  w.OnWriteDone(true);
+  w.Flush();  // nothing held: no write
+  EXPECT_EQ(r.writes.size(), 2u);
+  w.Hold(5);
+  w.Finish(grpc::Status::OK);  // held messages are written before the finish
+  EXPECT_FALSE(r.finished);
+  w.Hold(6);  // after Finish: dropped
+  w.OnWriteDone(true);
+  EXPECT_TRUE(r.finished);
+  EXPECT_EQ(r.writes, (std::vector<std::string>{"1+2", "3+4", "5"}));
+}
+
+TEST(StreamWriterTest, HoldAfterAFailedWriteIsDropped) {
+  FakeReactor r;
+  int broken = 0;
+  Writer w(&r, &JoinAll, [&] { broken++; });
+  w.Send(1);
+  w.OnWriteDone(false);
+  EXPECT_EQ(broken, 1);
+  w.Hold(2);
+  w.Flush();
+  EXPECT_EQ(r.writes, (std::vector<std::string>{"1"}));
 }
 
 }  // namespace

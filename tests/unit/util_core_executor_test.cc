@@ -9,6 +9,7 @@
 #include <functional>
 #include <future>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -71,6 +72,50 @@ TEST(CoreExecutorTest, ClosuresHandedInFromCoreRunAfterTheCurrentOneNeverNested)
   // All ran before Run returned, in order, on this thread.
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
   EXPECT_EQ(exec.counts().in_place, 3u);
+}
+
+// A hook runs right after the closure that added it, before the next
+// closure; hooks added by hooks run too. Outside core a hook runs at once.
+TEST(CoreExecutorTest, AfterThisClosureRunsBeforeTheNextClosure) {
+  CoreThread core;
+  CoreExecutor exec(core.io());
+  std::vector<std::string> order;
+  exec.Run([&] {
+    order.push_back("a");
+    exec.Run([&] { order.push_back("b"); });
+    CoreExecutor::AfterThisClosure([&] {
+      order.push_back("a-hook");
+      EXPECT_TRUE(CoreExecutor::InCore());
+      CoreExecutor::AfterThisClosure([&] { order.push_back("a-hook-hook"); });
+    });
+    CoreExecutor::AfterThisClosure([&] { order.push_back("a-hook2"); });
+    order.push_back("a-end");
+  });
+  EXPECT_EQ(order, (std::vector<std::string>{"a", "a-end", "a-hook", "a-hook2", "a-hook-hook",
+                                             "b"}));
+  bool ran = false;
+  CoreExecutor::AfterThisClosure([&] { ran = true; });
+  EXPECT_TRUE(ran) << "outside core a hook runs at once";
+}
+
+// On the core thread too (Post), and a hook of one closure never runs
+// after another's.
+TEST(CoreExecutorTest, AfterThisClosureOnTheCoreThread) {
+  CoreThread core;
+  CoreExecutor exec(core.io());
+  std::vector<std::string> order;
+  std::promise<void> done;
+  exec.Post([&] {
+    order.push_back("x");
+    CoreExecutor::AfterThisClosure([&] { order.push_back("x-hook"); });
+  });
+  exec.Post([&] {
+    order.push_back("y");
+    done.set_value();
+  });
+  done.get_future().wait();
+  // "y" ran last; its closure added no hook.
+  EXPECT_EQ(order, (std::vector<std::string>{"x", "x-hook", "y"}));
 }
 
 TEST(CoreExecutorTest, PostNeverRunsInPlace) {
