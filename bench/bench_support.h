@@ -55,6 +55,10 @@ struct Flags {
   // complete. With "early" and "with-complete" the next lease rides the
   // complete's commit group.
   std::string credits = "with-complete";
+  // Workers set hello.packed_acks (as the library's Worker does): an ack and
+  // the delivery after it may come in one message. --packed-acks=false: one
+  // message each, as a client that knows only the oneof gets them.
+  bool packed_acks = true;
   // batch phase: jobs per Jobs.EnqueueBatch call, and jobs in all.
   int batch_size = 100;
   int batch_n = 100000;

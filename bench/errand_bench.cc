@@ -6,6 +6,7 @@
 //                [--batch-size=100] [--batch-n=100000]
 //                [--phases=enqueue,drain,roundtrip,paced,batch] [--queue=bench]
 //                [--phase-timeout=120] [--credits=with-complete|ack|early]
+//                [--packed-acks=true|false]
 //                [--scale-n=1000000] [--restart-signal=kill|term]
 //                [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]
 //                [--waiters=10000] [--scale-channels=4]
@@ -22,7 +23,8 @@
 // --credits=early sends that credit message right after the complete (a
 // worker then holds up to two leases). Every way, a worker completes its next
 // job only after the previous complete's ack (as a beanstalkd reserve/delete
-// loop does).
+// loop does). Workers set hello.packed_acks, as the library's Worker does, so
+// an ack and the next delivery may share a message (--packed-acks=false: not).
 //
 // Phases (each one Google Benchmark run with manual time, one iteration):
 //   enqueue    N jobs, producers only; latency = one Enqueue call
@@ -117,7 +119,8 @@ void Usage() {
                "  [--n=20000] [--producers=4 | --producers=1,4,16,64] [--workers=4]\n"
                "  [--payload=256] [--rate=1000] [--paced-n=5000] [--batch-size=100]\n"
                "  [--batch-n=100000] [--phases=enqueue,drain,roundtrip,paced,batch]\n"
-               "  [--queue=bench] [--phase-timeout=120] [--credits=with-complete|ack|early] [--benchmark_...]\n"
+               "  [--queue=bench] [--phase-timeout=120] [--credits=with-complete|ack|early]\n"
+               "  [--packed-acks=true|false] [--benchmark_...]\n"
                "phases: enqueue drain roundtrip paced batch (the default: all five), and the\n"
                "opt-in scale phases, which need --spawn-broker (each starts its own broker):\n"
                "  scale-ready    [--scale-n=1000000] [--restart-signal=kill|term]\n"
@@ -168,6 +171,13 @@ bool ParseFlags(int* argc, char** argv) {
       else if (key == "--queue") g_flags.queue = val;
       else if (key == "--phase-timeout") g_flags.phase_timeout_s = std::stoi(val);
       else if (key == "--credits") g_flags.credits = val;
+      else if (key == "--packed-acks") {
+        if (val != "true" && val != "false") {
+          std::fprintf(stderr, "errand-bench: --packed-acks must be true or false\n");
+          return false;
+        }
+        g_flags.packed_acks = val == "true";
+      }
       else if (key == "--batch-size") g_flags.batch_size = std::stoi(val);
       else if (key == "--batch-n") g_flags.batch_n = std::stoi(val);
       else if (key == "--scale-n") g_flags.scale_n = std::stoi(val);
@@ -383,6 +393,7 @@ class Workers {
     hello->add_queues(queue_);
     hello->set_worker_id("errand-bench-" + std::to_string(::getpid()) + "-" + std::to_string(idx));
     hello->set_credits(1);
+    hello->set_packed_acks(g_flags.packed_acks);
     int64_t credit_ns = NowNs();
     bool ok = stream->Write(req);
     uint64_t rid = 0;
@@ -410,8 +421,41 @@ class Workers {
       }
       return w;
     };
+    // False when the worker is done.
+    auto on_ack = [&](const errand::v1::ConnectAck& ack) {
+      if (ack.request_id() != pending_rid) {
+        sink_->Error("worker: ack for an unknown request " + std::to_string(ack.request_id()));
+        return true;
+      }
+      pending_rid = 0;
+      if (ack.error_code() != 0) {
+        sink_->Error("worker: complete failed: code " + std::to_string(ack.error_code()) + " " +
+                     ack.error_message());
+      } else {
+        lat.push_back(NowNs() - pending_start);
+        done_.fetch_add(1);
+      }
+      if (done_.load() >= total_) return false;
+      if (!queued.empty()) {
+        errand::v1::Lease next = std::move(queued.front());
+        queued.erase(queued.begin());
+        ok = complete(next);
+      } else if (!ahead) {
+        req.Clear();
+        req.set_credits(1);
+        credit_ns = NowNs();
+        ok = stream->Write(req);
+      }
+      return true;
+    };
     errand::v1::ConnectResponse msg;
-    while (ok && !stop_.load() && done_.load() < total_ && stream->Read(&msg)) {
+    bool going = true;
+    while (going && ok && !stop_.load() && done_.load() < total_ && stream->Read(&msg)) {
+      // hello.packed_acks: acks ride in front of the message's kind.
+      for (const auto& ack : msg.acks()) {
+        if (!(going = on_ack(ack))) break;
+      }
+      if (!going || !ok) break;
       if (msg.has_delivery()) {
         take.push_back(NowNs() - credit_ns);
         if (pending_rid != 0) {
@@ -421,30 +465,7 @@ class Workers {
         }
         ok = complete(msg.delivery());
       } else if (msg.has_ack()) {
-        const auto& ack = msg.ack();
-        if (ack.request_id() != pending_rid) {
-          sink_->Error("worker: ack for an unknown request " + std::to_string(ack.request_id()));
-          continue;
-        }
-        pending_rid = 0;
-        if (ack.error_code() != 0) {
-          sink_->Error("worker: complete failed: code " + std::to_string(ack.error_code()) + " " +
-                       ack.error_message());
-        } else {
-          lat.push_back(NowNs() - pending_start);
-          done_.fetch_add(1);
-        }
-        if (done_.load() >= total_) break;
-        if (!queued.empty()) {
-          errand::v1::Lease next = std::move(queued.front());
-          queued.erase(queued.begin());
-          ok = complete(next);
-        } else if (!ahead) {
-          req.Clear();
-          req.set_credits(1);
-          credit_ns = NowNs();
-          ok = stream->Write(req);
-        }
+        going = on_ack(msg.ack());
       }
       // cancel_job_id: nobody cancels bench jobs; ignore.
     }
@@ -647,13 +668,14 @@ void PrintLine(PhaseResult& r) {
       "system=errand mode=%s phase=%s jobs=%llu secs=%.3f rate=%.0f p50_us=%.0f p99_us=%.0f "
       "max_us=%.0f fsyncs_per_job=%.3f writes=%llu fsyncs=%llu writes_per_fsync=%.2f "
       "take_p50_us=%.0f take_p99_us=%.0f broker_cpu_us_per_job=%.1f bench_cpu_us_per_job=%.1f "
-      "broker_csw_per_job=%.1f bench_csw_per_job=%.1f producers=%d workers=%d credits=%s payload=%d "
-      "server_commit=%s acked=%s status=%s%s\n",
+      "broker_csw_per_job=%.1f bench_csw_per_job=%.1f producers=%d workers=%d credits=%s "
+      "packed_acks=%d payload=%d server_commit=%s acked=%s status=%s%s\n",
       g_flags.mode.c_str(), r.phase.c_str(), static_cast<unsigned long long>(r.jobs), r.secs,
       r.rate(), s.p50, s.p99, s.max, s.fsyncs_per_job, static_cast<unsigned long long>(s.writes),
       static_cast<unsigned long long>(s.fsyncs), s.writes_per_fsync, s.take_p50, s.take_p99,
       s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, s.broker_csw_per_job,
-      s.bench_csw_per_job, r.producers, g_flags.workers, g_flags.credits.c_str(), g_flags.payload, ServerMode(r).c_str(), AckedString(r.acked).c_str(),
+      s.bench_csw_per_job, r.producers, g_flags.workers, g_flags.credits.c_str(),
+      g_flags.packed_acks ? 1 : 0, g_flags.payload, ServerMode(r).c_str(), AckedString(r.acked).c_str(),
       status.c_str(), r.extra.c_str());
   if (!r.ok()) {
     std::printf("#   %s: %llu of %llu jobs, %llu errors%s%s\n", r.phase.c_str(),

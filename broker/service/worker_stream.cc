@@ -1,6 +1,7 @@
 #include "service/worker_stream.h"
 
 #include <asio/steady_timer.hpp>
+#include <atomic>
 #include <deque>
 #include <string>
 
@@ -10,6 +11,7 @@
 #include "service/stream_writer.h"
 #include "service/validate.h"
 #include "store/keys.h"
+#include "util/core_executor.h"
 #include "util/time.h"
 
 namespace errand::service {
@@ -34,8 +36,13 @@ struct WorkerRegistry::Session {
   uint32_t credits = 0;
   dispatch::LeaseSpec spec;
   std::unordered_map<uint64_t, uint64_t> held;  // job id -> lease token
-  // Deliveries and acks go out from any thread, one per message.
+  // Deliveries and acks go out from any thread. What one core closure
+  // sends is written in one go at its end (flush_pending), so that with
+  // hello.packed_acks a complete's ack and the delivery its more_credits
+  // brought share one message.
   std::unique_ptr<ConnectWriter> writer;
+  bool flush_pending = false;
+  std::atomic<bool> packed_acks{false};  // read by the writer's Pack on any thread
   auth::PrincipalRef who;  // the caller; null without tokens
   uint64_t auth_generation = 0;  // the token-file generation `who` was checked at
 };
@@ -52,7 +59,16 @@ class WorkerStreamReactor final
       : ctx_(ctx), slot_(std::move(slot)), st_(std::make_shared<Session>()) {
     st_->reactor = this;
     st_->writer = std::make_unique<ConnectWriter>(
-        this, &ConnectWriter::PackOne, [ctx, weak = std::weak_ptr<Session>(st_)] {
+        this,
+        [st = st_.get()](std::deque<v1::ConnectResponse>& queued, v1::ConnectResponse* out) {
+          // The session owns the writer, so it outlives every Pack.
+          if (st->packed_acks.load(std::memory_order_relaxed)) {
+            PackConnectAcks(queued, out);
+          } else {
+            ConnectWriter::PackOne(queued, out);
+          }
+        },
+        [ctx, weak = std::weak_ptr<Session>(st_)] {
           // A write failed: the worker is gone.
           ctx->OnCore([ctx, st = weak.lock()] {
             if (st) Close(ctx, st, grpc::Status(grpc::StatusCode::CANCELLED, "stream closed"));
@@ -113,9 +129,16 @@ class WorkerStreamReactor final
   void OnDone() override { delete this; }
 
  private:
+  // Queues `msg`; the write starts when the closure running now is done.
   static void Send(const std::shared_ptr<Session>& st, v1::ConnectResponse msg) {
     if (st->finished) return;
-    st->writer->Send(std::move(msg));
+    st->writer->Hold(std::move(msg));
+    if (st->flush_pending) return;
+    st->flush_pending = true;
+    util::CoreExecutor::AfterThisClosure([st] {
+      st->flush_pending = false;
+      st->writer->Flush();
+    });
   }
 
   static void Ack(const std::shared_ptr<Session>& st, uint64_t request_id,
@@ -256,6 +279,7 @@ class WorkerStreamReactor final
         if (!h.worker_id().empty()) st->spec.worker_id = h.worker_id();
         st->spec.lease_duration = util::DurationFromProto(h.lease_duration());
         st->credits = std::min(kMaxCredits, h.credits());
+        st->packed_acks.store(h.packed_acks(), std::memory_order_relaxed);
         MaybeLease(ctx, st);
         return;
       }
@@ -351,6 +375,20 @@ class WorkerStreamReactor final
 };
 
 }  // namespace
+
+void PackConnectAcks(std::deque<v1::ConnectResponse>& queued, v1::ConnectResponse* out) {
+  out->Clear();
+  while (!queued.empty() && queued.front().kind_case() == v1::ConnectResponse::kAck &&
+         static_cast<size_t>(out->acks_size()) < kMaxPackedConnectAcks) {
+    *out->add_acks() = std::move(*queued.front().mutable_ack());
+    queued.pop_front();
+  }
+  if (queued.empty() || queued.front().kind_case() == v1::ConnectResponse::kAck) return;
+  v1::ConnectResponse next = std::move(queued.front());
+  queued.pop_front();
+  next.mutable_acks()->Swap(out->mutable_acks());  // `next` came with none
+  *out = std::move(next);
+}
 
 void WorkerRegistry::Shutdown() {
   for (auto& w : timers_) {

@@ -4,7 +4,9 @@
 
 #include <asio/steady_timer.hpp>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -53,6 +55,13 @@ class WorkerRegistry {
 // checked against `who` (null: no tokens). The method is registered raw (see
 // service/parsed_bidi.h): a message that does not parse as a ConnectRequest
 // ends the stream with INVALID_ARGUMENT naming it.
+// The next message for a worker whose hello set packed_acks, from what
+// queued (never empty): the acks at the front (at most kMaxPackedConnectAcks)
+// go into `acks`, then the message after them, if any, is the kind. Order is
+// kept: an ack queued after a delivery waits for the next message.
+constexpr size_t kMaxPackedConnectAcks = 256;
+void PackConnectAcks(std::deque<v1::ConnectResponse>& queued, v1::ConnectResponse* out);
+
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who);
 

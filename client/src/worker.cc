@@ -254,6 +254,7 @@ class ConnectTransport final : public WorkerTransport {
           *h->mutable_lease_duration() = ToDuration(options_.lease_duration);
         }
         h->set_credits(no_credits_ ? 0 : hooks_.free_slots());
+        h->set_packed_acks(true);  // Dispatch reads `acks`
         up = !closing_ && stream->Write(hello);
         if (up) {
           stream_ = stream.get();
@@ -612,7 +613,9 @@ class ConnectTransport final : public WorkerTransport {
     return std::move(p->ack);
   }
 
+  // Acks packed into the message (hello.packed_acks) come first, in order.
   void Dispatch(v1::ConnectResponse* resp) {
+    for (v1::ConnectAck& ack : *resp->mutable_acks()) OnAck(&ack);
     switch (resp->kind_case()) {
       case v1::ConnectResponse::kDelivery:
         hooks_.on_delivery(std::move(*resp->mutable_delivery()));
@@ -620,34 +623,37 @@ class ConnectTransport final : public WorkerTransport {
       case v1::ConnectResponse::kCancelJobId:
         hooks_.on_cancel(resp->cancel_job_id());
         return;
-      case v1::ConnectResponse::kAck: {
-        std::shared_ptr<Outcome> answered;
-        absl::Status status;
-        {
-          std::lock_guard<std::mutex> plock(pend_mu_);
-          auto it = pending_.find(resp->ack().request_id());
-          if (it == pending_.end()) return;  // timed out
-          auto p = it->second;
-          pending_.erase(it);
-          if (resp->ack().error_code() != 0) {
-            status = absl::Status(static_cast<absl::StatusCode>(resp->ack().error_code()),
-                                  resp->ack().error_message());
-          }
-          if (p->outcome != nullptr) {
-            if (!RetryLater(p->outcome, status)) answered = std::move(p->outcome);
-          } else {
-            p->status = status;
-            p->ack = std::move(*resp->mutable_ack());
-            p->done = true;
-            pend_cv_.notify_all();
-          }
-        }
-        if (answered != nullptr) answered->done(status);  // outside pend_mu_
+      case v1::ConnectResponse::kAck:
+        OnAck(resp->mutable_ack());
         return;
-      }
       case v1::ConnectResponse::KIND_NOT_SET:
         return;
     }
+  }
+
+  void OnAck(v1::ConnectAck* ack) {
+    std::shared_ptr<Outcome> answered;
+    absl::Status status;
+    {
+      std::lock_guard<std::mutex> plock(pend_mu_);
+      auto it = pending_.find(ack->request_id());
+      if (it == pending_.end()) return;  // timed out
+      auto p = it->second;
+      pending_.erase(it);
+      if (ack->error_code() != 0) {
+        status =
+            absl::Status(static_cast<absl::StatusCode>(ack->error_code()), ack->error_message());
+      }
+      if (p->outcome != nullptr) {
+        if (!RetryLater(p->outcome, status)) answered = std::move(p->outcome);
+      } else {
+        p->status = status;
+        p->ack = std::move(*ack);
+        p->done = true;
+        pend_cv_.notify_all();
+      }
+    }
+    if (answered != nullptr) answered->done(status);  // outside pend_mu_
   }
 
   // The stream ended: requests waiting for an ack fail with `s`; outcomes

@@ -716,6 +716,60 @@ TEST(ClientWorkerWireTest, TheAckDecidesWhatTheOutcomeCountsAs) {
   EXPECT_EQ(got[2].fail().error(), "odd");
 }
 
+// The library asks for packed acks (hello.packed_acks) and reads them: an
+// ack packed in front of the next delivery, and acks alone in a message
+// with no kind, count as separate messages would.
+TEST(ClientWorkerWireTest, PackedAcksAreReadInFrontOfTheDelivery) {
+  Received rec;
+  ConnectScript peer([&](int n, ConnectScript::Stream* s) {
+    if (n > 0) return Drain(s, n, &rec);
+    v1::ConnectRequest req;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
+    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-0's complete
+    v1::ConnectResponse both;  // job-0's ack, then job-1
+    both.add_acks()->set_request_id(req.request_id());
+    auto* lease = both.mutable_delivery();
+    lease->mutable_job()->set_id("job-1");
+    lease->mutable_job()->set_queue("scripted");
+    lease->set_lease_token(101);
+    *lease->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
+    if (!s->Write(both)) return grpc::Status::OK;
+    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-1's complete
+    v1::ConnectResponse alone;  // job-1's ack: the lease was lost
+    auto* ack = alone.add_acks();
+    ack->set_request_id(req.request_id());
+    ack->set_error_code(static_cast<int>(absl::StatusCode::kFailedPrecondition));
+    ack->set_error_message("scripted: stale token");
+    if (!s->Write(alone)) return grpc::Status::OK;
+    return Drain(s, n, &rec);
+  });
+  ScriptServer server(&peer);
+  ASSERT_TRUE(server.ok());
+  auto worker = StartScripted(server, ScriptedOptions(),
+                              [&](const v1::Job&, JobContext&) -> absl::StatusOr<std::string> {
+                                return std::string("done");
+                              });
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        WorkerStats st = (*worker)->stats();
+        return st.completed + st.lost_leases == 2;
+      },
+      10s));
+  (*worker)->Stop();
+  WorkerStats st = (*worker)->stats();
+  EXPECT_EQ(st.leased, 2u);
+  EXPECT_EQ(st.completed, 1u);    // job-0
+  EXPECT_EQ(st.lost_leases, 1u);  // job-1
+  std::vector<v1::ConnectRequest> got = rec.On(0);
+  ASSERT_GE(got.size(), 3u);
+  ASSERT_TRUE(got[0].has_hello());
+  EXPECT_TRUE(got[0].hello().packed_acks());
+  EXPECT_EQ(got[1].complete().job_id(), "job-0");
+  EXPECT_EQ(got[2].complete().job_id(), "job-1");
+}
+
 // The stream breaks while job A's complete waits for its ack and job B
 // (delivered with A's credit) runs. On the next stream A is reported again
 // with its token, once, and the new stream is granted no credit while B

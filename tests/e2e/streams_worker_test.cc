@@ -36,12 +36,14 @@ class WorkerConn {
 
   bool Send(const v1::ConnectRequest& r) { return rw_->Write(r); }
   bool Hello(const std::vector<std::string>& queues, uint32_t credits,
-             std::chrono::milliseconds lease = 0ms, const std::string& worker_id = "") {
+             std::chrono::milliseconds lease = 0ms, const std::string& worker_id = "",
+             bool packed_acks = false) {
     v1::ConnectRequest r;
     auto* h = r.mutable_hello();
     for (const auto& q : queues) h->add_queues(q);
     h->set_credits(credits);
     h->set_worker_id(worker_id);
+    h->set_packed_acks(packed_acks);
     if (lease.count() > 0) *h->mutable_lease_duration() = Dur(lease);
     return Send(r);
   }
@@ -236,6 +238,7 @@ TEST_F(StreamsE2EWorker, MoreCreditsRideOnACompleteEvenAFailedOne) {
     for (int i = 0; i < 2; ++i) {
       auto m = conn.Next();
       ASSERT_TRUE(m.has_value()) << "message " << i << " missing";
+      EXPECT_EQ(m->acks_size(), 0) << "packed without hello.packed_acks: " << m->DebugString();
       if (m->has_ack()) {
         *ack = m->ack();
       } else {
@@ -281,6 +284,76 @@ TEST_F(StreamsE2EWorker, MoreCreditsRideOnACompleteEvenAFailedOne) {
   const std::string later = client().MustEnqueue(NewJob("ride-q", "later"));
   EXPECT_EQ(conn.NextDelivery().job().id(), later);
   EXPECT_EQ(client().Stats("ride-q").leased(), 4u);
+}
+
+// hello.packed_acks, on a broker in async mode (in sync mode the delivery
+// goes out before the complete's fsync, so ahead of its ack): the ack of a
+// complete and the delivery its more_credits brought come in one message,
+// the ack in `acks`; an ack with nothing after it comes alone in `acks`.
+// Without packed_acks the same exchange is two messages.
+class StreamsE2EWorkerAsync : public BrokerTest {
+ protected:
+  std::vector<std::string> BrokerFlags() const override { return {"--commit=async"}; }
+};
+
+TEST_F(StreamsE2EWorkerAsync, PackedAcksPutTheAckAndTheNextDeliveryInOneMessage) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 4; ++i) ids.push_back(client().MustEnqueue(NewJob("pack-q", "p")));
+  auto wc = NewClient();
+  WorkerConn conn(wc->workers.get());
+  ASSERT_TRUE(conn.Hello({"pack-q"}, 1, 30s, "packed", /*packed_acks=*/true));
+  v1::Lease l0 = conn.NextDelivery();
+  ASSERT_EQ(l0.job().id(), ids[0]);
+
+  v1::ConnectRequest r;
+  r.set_request_id(201);
+  r.mutable_complete()->set_job_id(l0.job().id());
+  r.mutable_complete()->set_lease_token(l0.lease_token());
+  r.set_more_credits(1);
+  ASSERT_TRUE(conn.Send(r));
+  auto m = conn.Next();
+  ASSERT_TRUE(m.has_value()) << "no answer to the complete";
+  ASSERT_EQ(m->acks_size(), 1) << m->DebugString();
+  EXPECT_EQ(m->acks(0).request_id(), 201u);
+  EXPECT_EQ(m->acks(0).error_code(), 0) << m->acks(0).error_message();
+  ASSERT_TRUE(m->has_delivery()) << m->DebugString();
+  const v1::Lease l1 = m->delivery();
+  EXPECT_EQ(l1.job().id(), ids[1]);
+  EXPECT_EQ(client().MustGetJob(ids[0]).state(), v1::JOB_STATE_SUCCEEDED);
+
+  // An extend's ack has nothing to ride with.
+  ASSERT_TRUE(conn.Extend(301, l1.job().id(), l1.lease_token()));
+  m = conn.Next();
+  ASSERT_TRUE(m.has_value()) << "no answer to the extend";
+  ASSERT_EQ(m->acks_size(), 1) << m->DebugString();
+  EXPECT_EQ(m->acks(0).request_id(), 301u);
+  EXPECT_EQ(m->acks(0).error_code(), 0) << m->acks(0).error_message();
+  EXPECT_TRUE(m->acks(0).has_deadline());
+  EXPECT_EQ(m->kind_case(), v1::ConnectResponse::KIND_NOT_SET) << m->DebugString();
+
+  // A worker without packed_acks gets the same exchange as two messages.
+  WorkerConn plain(wc->workers.get());
+  ASSERT_TRUE(plain.Hello({"pack-q"}, 1, 30s, "plain"));
+  v1::Lease l2 = plain.NextDelivery();
+  ASSERT_EQ(l2.job().id(), ids[2]);
+  r.set_request_id(202);
+  r.mutable_complete()->set_job_id(l2.job().id());
+  r.mutable_complete()->set_lease_token(l2.lease_token());
+  ASSERT_TRUE(plain.Send(r));
+  bool acked = false, delivered = false;
+  for (int i = 0; i < 2; ++i) {
+    auto p = plain.Next();
+    ASSERT_TRUE(p.has_value()) << "message " << i << " missing";
+    EXPECT_EQ(p->acks_size(), 0) << p->DebugString();
+    if (p->has_ack()) {
+      EXPECT_EQ(p->ack().request_id(), 202u);
+      acked = true;
+    } else if (p->has_delivery()) {
+      EXPECT_EQ(p->delivery().job().id(), ids[3]);
+      delivered = true;
+    }
+  }
+  EXPECT_TRUE(acked && delivered);
 }
 
 TEST_F(StreamsE2EWorker, MoreCreditsOnHelloAddToItsCredits) {
