@@ -1,5 +1,8 @@
 // errand-broker: the durable job broker daemon.
 #include <malloc.h>
+#ifdef ERRAND_WITH_JEMALLOC
+#include <jemalloc/jemalloc.h>
+#endif
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -39,13 +42,35 @@ bool ParseSecondsFlag(const std::string& text, const char* flag, Duration* out) 
 
 }  // namespace
 
+// The allocator this binary uses, for the startup log.
+std::string AllocatorName() {
+#ifdef ERRAND_WITH_JEMALLOC
+  // The settings in effect (tools/jemalloc/malloc_conf.cc, then MALLOC_CONF).
+  const char* version = "?";
+  size_t size = sizeof(version);
+  mallctl("version", &version, &size, nullptr, 0);
+  unsigned arenas = 0;
+  size = sizeof(arenas);
+  mallctl("opt.narenas", &arenas, &size, nullptr, 0);
+  bool background = false;
+  size = sizeof(background);
+  mallctl("background_thread", &background, &size, nullptr, 0);
+  return std::string("jemalloc ") + version + ", " + std::to_string(arenas) + " arenas, " +
+         (background ? "background purging" : "no background purging");
+#else
+  return "glibc malloc";
+#endif
+}
+
 int main(int argc, char** argv) {
+#ifndef ERRAND_WITH_JEMALLOC
   // Blocks of 256 KiB and more (RocksDB's memtable blocks, large messages)
   // get their own mappings, given back to the system when freed. glibc's
   // default raises this threshold after the first such free, and freed
   // memtables then leave holes of megabytes in the heap that a broker
   // holding a million jobs never gives back (~40 MB measured).
   mallopt(M_MMAP_THRESHOLD, 256 << 10);
+#endif
   errand::Config config;
   CLI::App app{
       "errand-broker: a durable job broker with pub/sub.\n\n"
@@ -235,6 +260,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   spdlog::info("effective config: {}", layers.Summary());
+  spdlog::info("allocator: {}", AllocatorName());
 
   // absl's lock-order checks cost a graph lookup per lock; the tests keep
   // them, the broker does not need them.

@@ -17,6 +17,7 @@ PACKAGES=(
   build-essential cmake pkg-config ccache git
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev grpc-proto
   librocksdb-dev libasio-dev libcli11-dev libspdlog-dev
+  libjemalloc-dev  # errand-broker and errand-worker allocate with jemalloc
   libgtest-dev libgmock-dev libbenchmark-dev
   libssl-dev openssl  # token hashing; the TLS tests make certificates with openssl
   # Fuzz targets (tests/fuzz): clang and its libFuzzer/sanitizer runtimes.

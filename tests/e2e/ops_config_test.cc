@@ -226,6 +226,12 @@ TEST_F(JsonLogsE2E, EveryLineParsesAsJson) {
   }
   EXPECT_GE(lines, 4);
   EXPECT_CONTAINS(all_msgs, "effective config: listen=\"127.0.0.1:0\"");
+  // jemalloc in a normal build, glibc's malloc with sanitizers (CMakeLists).
+  EXPECT_CONTAINS(all_msgs, "allocator: " ERRAND_BROKER_ALLOCATOR);
+#ifdef ERRAND_BROKER_JEMALLOC
+  // tools/jemalloc/malloc_conf.cc took effect.
+  EXPECT_CONTAINS(all_msgs, ", 2 arenas, background purging");
+#endif
   EXPECT_CONTAINS(all_msgs, "queue json-q paused");
   EXPECT_CONTAINS(all_msgs, "shutdown complete");
   EXPECT_NOT_CONTAINS(broker_->Log(), "SECRET-PAYLOAD");
