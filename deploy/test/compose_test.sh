@@ -400,6 +400,8 @@ producer_ok() {
 log "first start"
 up "first start"
 check "first start: boot epoch 1" test "$(boot_epoch)" = 1
+check "the image's broker allocates with jemalloc" \
+  grep -q "allocator: jemalloc" <<<"$(dk logs "$(containers broker)" 2>&1)"
 producer_ok "first start"
 
 # Jobs from the host, one queue per worker service.
