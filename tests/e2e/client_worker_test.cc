@@ -550,14 +550,19 @@ absl::StatusOr<ScriptedWorker> StartScripted(const ScriptServer& server, const W
   return w;
 }
 
-bool Deliver(ConnectScript::Stream* s, const std::string& id, uint64_t token) {
+// A delivery of job `id` on queue "scripted", leased for 60 s.
+v1::ConnectResponse Delivery(const std::string& id, uint64_t token) {
   v1::ConnectResponse delivery;
   auto* lease = delivery.mutable_delivery();
   lease->mutable_job()->set_id(id);
   lease->mutable_job()->set_queue("scripted");
   lease->set_lease_token(token);
   *lease->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
-  return s->Write(delivery);
+  return delivery;
+}
+
+bool Deliver(ConnectScript::Stream* s, const std::string& id, uint64_t token) {
+  return s->Write(Delivery(id, token));
 }
 
 bool Ack(ConnectScript::Stream* s, uint64_t request_id,
@@ -727,13 +732,8 @@ TEST(ClientWorkerWireTest, PackedAcksAreReadInFrontOfTheDelivery) {
     if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
     if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
     if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-0's complete
-    v1::ConnectResponse both;  // job-0's ack, then job-1
+    v1::ConnectResponse both = Delivery("job-1", 101);  // after job-0's ack
     both.add_acks()->set_request_id(req.request_id());
-    auto* lease = both.mutable_delivery();
-    lease->mutable_job()->set_id("job-1");
-    lease->mutable_job()->set_queue("scripted");
-    lease->set_lease_token(101);
-    *lease->mutable_deadline() = Ts(std::chrono::system_clock::now() + 60s);
     if (!s->Write(both)) return grpc::Status::OK;
     if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-1's complete
     v1::ConnectResponse alone;  // job-1's ack: the lease was lost

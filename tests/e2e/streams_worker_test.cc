@@ -60,6 +60,15 @@ class WorkerConn {
     r.mutable_complete()->set_result(result);
     return Send(r);
   }
+  // A complete of `lease` that grants `more_credits` in the same message.
+  bool CompleteAndGrant(uint64_t rid, const v1::Lease& lease, uint32_t more_credits) {
+    v1::ConnectRequest r;
+    r.set_request_id(rid);
+    r.mutable_complete()->set_job_id(lease.job().id());
+    r.mutable_complete()->set_lease_token(lease.lease_token());
+    r.set_more_credits(more_credits);
+    return Send(r);
+  }
   bool Fail(uint64_t rid, const std::string& id, uint64_t token, const std::string& error,
             std::chrono::milliseconds retry_after = 0ms) {
     v1::ConnectRequest r;
@@ -247,12 +256,7 @@ TEST_F(StreamsE2EWorker, MoreCreditsRideOnACompleteEvenAFailedOne) {
       }
     }
   };
-  v1::ConnectRequest r;
-  r.set_request_id(201);
-  r.mutable_complete()->set_job_id(l0.job().id());
-  r.mutable_complete()->set_lease_token(l0.lease_token());
-  r.set_more_credits(1);
-  ASSERT_TRUE(conn.Send(r));
+  ASSERT_TRUE(conn.CompleteAndGrant(201, l0, 1));
   v1::ConnectAck ack;
   v1::Lease l1;
   ack_and_delivery(&ack, &l1);
@@ -262,8 +266,7 @@ TEST_F(StreamsE2EWorker, MoreCreditsRideOnACompleteEvenAFailedOne) {
   EXPECT_EQ(client().MustGetJob(ids[0]).state(), v1::JOB_STATE_SUCCEEDED);
 
   // A complete that fails (stale token) still grants its credit.
-  r.set_request_id(202);
-  ASSERT_TRUE(conn.Send(r));
+  ASSERT_TRUE(conn.CompleteAndGrant(202, l0, 1));
   v1::Lease l2;
   ack = {};
   ack_and_delivery(&ack, &l2);
@@ -305,12 +308,7 @@ TEST_F(StreamsE2EWorkerAsync, PackedAcksPutTheAckAndTheNextDeliveryInOneMessage)
   v1::Lease l0 = conn.NextDelivery();
   ASSERT_EQ(l0.job().id(), ids[0]);
 
-  v1::ConnectRequest r;
-  r.set_request_id(201);
-  r.mutable_complete()->set_job_id(l0.job().id());
-  r.mutable_complete()->set_lease_token(l0.lease_token());
-  r.set_more_credits(1);
-  ASSERT_TRUE(conn.Send(r));
+  ASSERT_TRUE(conn.CompleteAndGrant(201, l0, 1));
   auto m = conn.Next();
   ASSERT_TRUE(m.has_value()) << "no answer to the complete";
   ASSERT_EQ(m->acks_size(), 1) << m->DebugString();
@@ -336,10 +334,7 @@ TEST_F(StreamsE2EWorkerAsync, PackedAcksPutTheAckAndTheNextDeliveryInOneMessage)
   ASSERT_TRUE(plain.Hello({"pack-q"}, 1, 30s, "plain"));
   v1::Lease l2 = plain.NextDelivery();
   ASSERT_EQ(l2.job().id(), ids[2]);
-  r.set_request_id(202);
-  r.mutable_complete()->set_job_id(l2.job().id());
-  r.mutable_complete()->set_lease_token(l2.lease_token());
-  ASSERT_TRUE(plain.Send(r));
+  ASSERT_TRUE(plain.CompleteAndGrant(202, l2, 1));
   bool acked = false, delivered = false;
   for (int i = 0; i < 2; ++i) {
     auto p = plain.Next();
