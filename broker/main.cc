@@ -40,8 +40,6 @@ bool ParseSecondsFlag(const std::string& text, const char* flag, Duration* out) 
   return true;
 }
 
-}  // namespace
-
 // The allocator this binary uses, for the startup log.
 std::string AllocatorName() {
 #ifdef ERRAND_WITH_JEMALLOC
@@ -61,6 +59,8 @@ std::string AllocatorName() {
   return "glibc malloc";
 #endif
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
 #ifndef ERRAND_WITH_JEMALLOC

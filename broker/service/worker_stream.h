@@ -48,13 +48,6 @@ class WorkerRegistry {
   bool stopping_ = false;
 };
 
-// Workers.Connect: credits in, deliveries out, completions, failures and
-// extensions answered on the same stream; cancel requests pushed. When the
-// stream drops, the worker's leases are released after the grace period.
-// hello's queues and the jobs of completions, failures and extensions are
-// checked against `who` (null: no tokens). The method is registered raw (see
-// service/parsed_bidi.h): a message that does not parse as a ConnectRequest
-// ends the stream with INVALID_ARGUMENT naming it.
 // The next message for a worker whose hello set packed_acks, from what
 // queued (never empty): the acks at the front (at most kMaxPackedConnectAcks)
 // go into `acks`, then the message after them, if any, is the kind. Order is
@@ -62,6 +55,13 @@ class WorkerRegistry {
 constexpr size_t kMaxPackedConnectAcks = 256;
 void PackConnectAcks(std::deque<v1::ConnectResponse>& queued, v1::ConnectResponse* out);
 
+// Workers.Connect: credits in, deliveries out, completions, failures and
+// extensions answered on the same stream; cancel requests pushed. When the
+// stream drops, the worker's leases are released after the grace period.
+// hello's queues and the jobs of completions, failures and extensions are
+// checked against `who` (null: no tokens). The method is registered raw (see
+// service/parsed_bidi.h): a message that does not parse as a ConnectRequest
+// ends the stream with INVALID_ARGUMENT naming it.
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* NewWorkerStream(
     const ServiceContext* ctx, grpc::CallbackServerContext* context, auth::PrincipalRef who);
 
