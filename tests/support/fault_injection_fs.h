@@ -8,8 +8,15 @@
 // since it was (re)armed, how many bytes were appended and how many of them a
 // Sync/Fsync made durable, and which new directory entries (created or
 // renamed files) no directory fsync has made durable yet. PowerCut() "turns
-// the power off": from then on every mutating call fails with an IOError, so
-// nothing more reaches the disk. After the database is closed,
+// the power off": from then on nothing becomes durable. By default the
+// process does not notice, as it would not in a real power loss (it would
+// be gone): calls go on succeeding, syncs make nothing durable, deletions
+// are skipped, and whatever the process acknowledges after the cut is void
+// (cut_time() says when). FailAfterCut(true) makes every mutating call fail
+// with an IOError instead, to test how the store handles I/O errors. (Not
+// the default: Debian's RocksDB 7.8 is built with assertions, and one of
+// them aborts when a WAL sync fails while a write to the same WAL is under
+// way, which the commit pipeline allows.) After the database is closed,
 // DropUnsyncedData() does to the files what a power loss does to them: every
 // tracked file is cut back to its synced length, files whose directory entry
 // was never synced disappear, and a file replaced by an unsynced rename gets
@@ -63,6 +70,12 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
   void ArmPowerCutOnSync() {
     std::lock_guard<std::mutex> lock(mu_);
     cut_on_sync_ = true;
+  }
+  // After the cut: calls fail with an IOError (true), or succeed without
+  // making anything durable (false, the default).
+  void FailAfterCut(bool fail) {
+    std::lock_guard<std::mutex> lock(mu_);
+    fail_after_cut_ = fail;
   }
   // Cuts the power now.
   void PowerCut() {
@@ -187,6 +200,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
   rocksdb::IOStatus DeleteFile(const std::string& fname, const rocksdb::IOOptions& opts,
                                rocksdb::IODebugContext* dbg) override {
     if (!Tick()) return Dead();
+    if (!powered()) return rocksdb::IOStatus::OK();  // never reaches the disk
     rocksdb::IOStatus s = target()->DeleteFile(fname, opts, dbg);
     if (s.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
@@ -303,8 +317,9 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
       const uint64_t upto = fs_->Written(name_);
       rocksdb::IOStatus s = sync();
       // A sync the cut overtook (the power went while it ran, e.g. from an
-      // append on another thread) did not finish: it cannot report success.
-      if (s.ok() && !fs_->Synced(name_, upto, started)) return Dead();
+      // append on another thread) did not finish: it makes nothing durable,
+      // and fails if calls fail after the cut.
+      if (s.ok() && !fs_->Synced(name_, upto, started) && fs_->failing()) return Dead();
       return s;
     }
 
@@ -350,24 +365,30 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
     return name.size() > 4 && name.compare(name.size() - 4, 4, ".log") == 0;
   }
 
-  // Counts one mutating call; false when the power is (now) off.
+  // Counts one mutating call; false when it must fail (the power is, or
+  // now goes, off, and calls fail after the cut).
   bool Tick() {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!powered_) return false;
+    if (!powered_) return !fail_after_cut_;
     if (cut_after_ > 0 && --cut_after_ == 0) {
       CutLocked();
-      return false;
+      return !fail_after_cut_;
     }
     return true;
   }
-  // False (cutting the power) when a cut is armed for the next sync.
+  // As Tick, cutting the power when a cut is armed for the next sync.
   bool TickSync() {
     std::lock_guard<std::mutex> lock(mu_);
     if (cut_on_sync_) {
       cut_on_sync_ = false;
       CutLocked();
     }
-    return powered_;
+    return powered_ || !fail_after_cut_;
+  }
+  // The power is off and calls fail.
+  bool failing() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return !powered_ && fail_after_cut_;
   }
   void CutLocked() {
     if (!powered_) return;
@@ -414,6 +435,7 @@ class FaultInjectionFs : public rocksdb::FileSystemWrapper {
 
   mutable std::mutex mu_;
   bool powered_ = true;
+  bool fail_after_cut_ = false;
   uint64_t cut_after_ = 0;
   bool cut_on_sync_ = false;
   SteadyTime cut_time_{};
