@@ -25,7 +25,9 @@
 // Simplifications (each makes the simulation kinder than a real disk only
 // where RocksDB does not depend on it): deletions are durable at once; data
 // reaches the disk in order (no torn or reordered sectors within a file);
-// RangeSync counts for nothing.
+// RangeSync counts for nothing. And one harsher: a file made durable before
+// the cut and renamed after it is gone after DropUnsyncedData (RocksDB only
+// renames files it has just written).
 //
 // Thread: every method may be called from any thread (RocksDB calls in from
 // its own threads); one mutex guards the bookkeeping.
