@@ -306,9 +306,7 @@ void CommitPipeline::RunSyncer() {
       stopping = sync_stop_;
       idle = batch.empty() && to_sync_.empty();
       if (!idle) {
-        for (Pending& p : to_sync_) batch.push_back(std::move(p));
-        to_sync_.clear();
-        to_sync_results_ = 0;
+        TakeToSyncLocked(batch);
         syncing_ = true;
         // Events alone (a lease's): give a sync write a moment to come and
         // share this fsync. The wait ends as soon as one is handed over.
@@ -321,9 +319,7 @@ void CommitPipeline::RunSyncer() {
           sync_mu_.AwaitWithTimeout(absl::Condition(&result_or_stop),
                                     absl::FromChrono(options_.event_fsync_delay));
           stopping = sync_stop_;
-          for (Pending& p : to_sync_) batch.push_back(std::move(p));
-          to_sync_.clear();
-          to_sync_results_ = 0;
+          TakeToSyncLocked(batch);
         }
       }
     }
@@ -350,9 +346,7 @@ void CommitPipeline::RunSyncer() {
       }
       if (waited) {
         absl::MutexLock lock(&sync_mu_);
-        for (Pending& p : to_sync_) batch.push_back(std::move(p));
-        to_sync_.clear();
-        to_sync_results_ = 0;
+        TakeToSyncLocked(batch);
       }
     }
     // Everything in `batch` was written before it was handed over, so this
@@ -427,6 +421,12 @@ void CommitPipeline::Run() {
     Housekeep(stop);
     if (stop) return;
   }
+}
+
+void CommitPipeline::TakeToSyncLocked(std::vector<Pending>& batch) {
+  for (Pending& p : to_sync_) batch.push_back(std::move(p));
+  to_sync_.clear();
+  to_sync_results_ = 0;
 }
 
 void CommitPipeline::CommitGroup(std::vector<Item>& group, bool inline_results) {

@@ -235,6 +235,8 @@ class CommitPipeline {
   void Flush();
   // Takes up to max_group queued mutations into `group`.
   void TakeGroupLocked(std::vector<Item>& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves every write waiting for an fsync into `batch` (the syncer's).
+  void TakeToSyncLocked(std::vector<Pending>& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_);
   // The event log trim (about once a second) and kInterval's background
   // fsync, when due (all of it when `final`). Thread: the writer, or the
   // syncer with write_on_post_thread.

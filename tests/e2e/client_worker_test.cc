@@ -605,6 +605,13 @@ bool ReadReport(ConnectScript::Stream* s, int stream, Received* rec, v1::Connect
   }
 }
 
+// The usual opening: reads the hello, delivers "job-0" (token 100) and
+// reads the report of it into `req`. False when the stream ended first.
+bool HelloThenJob0(ConnectScript::Stream* s, int stream, Received* rec, v1::ConnectRequest* req) {
+  return ReadReport(s, stream, rec, req) && Deliver(s, "job-0", 100) &&
+         ReadReport(s, stream, rec, req);
+}
+
 // Records (and acks the extends of) whatever comes until the worker ends
 // the stream.
 grpc::Status Drain(ConnectScript::Stream* s, int stream, Received* rec) {
@@ -641,9 +648,7 @@ TEST(ClientWorkerWireTest, TheNextJobStartsBeforeThePreviousCompleteIsAcked) {
   ConnectScript peer([&](int n, ConnectScript::Stream* s) {
     if (n > 0) return Drain(s, n, &rec);
     v1::ConnectRequest req;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
-    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-0's complete
+    if (!HelloThenJob0(s, n, &rec, &req)) return grpc::Status::OK;  // req: job-0's report
     got_first = true;
     const uint64_t first_rid = req.request_id();
     // The credit rode in that complete: the next job, and no ack yet.
@@ -729,9 +734,7 @@ TEST(ClientWorkerWireTest, PackedAcksAreReadInFrontOfTheDelivery) {
   ConnectScript peer([&](int n, ConnectScript::Stream* s) {
     if (n > 0) return Drain(s, n, &rec);
     v1::ConnectRequest req;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
-    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // job-0's complete
+    if (!HelloThenJob0(s, n, &rec, &req)) return grpc::Status::OK;  // req: job-0's report
     v1::ConnectResponse both = Delivery("job-1", 101);  // after job-0's ack
     both.add_acks()->set_request_id(req.request_id());
     if (!s->Write(both)) return grpc::Status::OK;
@@ -861,9 +864,7 @@ TEST(ClientWorkerWireTest, AnOutcomeAckedUnavailableIsSentAgain) {
   ConnectScript peer([&](int n, ConnectScript::Stream* s) {
     if (n > 0) return Drain(s, n, &rec);
     v1::ConnectRequest req;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
-    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
+    if (!HelloThenJob0(s, n, &rec, &req)) return grpc::Status::OK;  // req: job-0's report
     if (!Ack(s, req.request_id(), absl::StatusCode::kUnavailable)) return grpc::Status::OK;
     if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;
     if (!Ack(s, req.request_id())) return grpc::Status::OK;
@@ -956,9 +957,7 @@ TEST(ClientWorkerWireTest, StopWaitsForTheAckOfAReportInFlight) {
   ConnectScript peer([&](int n, ConnectScript::Stream* s) {
     if (n > 0) return Drain(s, n, &rec);
     v1::ConnectRequest req;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // hello
-    if (!Deliver(s, "job-0", 100)) return grpc::Status::OK;
-    if (!ReadReport(s, n, &rec, &req)) return grpc::Status::OK;  // its complete
+    if (!HelloThenJob0(s, n, &rec, &req)) return grpc::Status::OK;  // req: job-0's report
     got_complete = true;
     WaitFor([&] { return release_ack.load(); }, 20s);
     if (!Ack(s, req.request_id())) return grpc::Status::OK;
