@@ -17,6 +17,7 @@ Flags g_flags;
 std::unique_ptr<errand::v1::Admin::Stub> g_admin;
 std::string g_run_id;
 std::string g_server_mode = "?";
+std::string g_system = "errand";
 pid_t g_broker_pid = -1;
 
 int64_t NowNs() {
@@ -112,7 +113,10 @@ ServerCounters GetCounters(errand::v1::Admin::Stub* admin, pid_t pid,
   c.broker_csw = pid > 0 ? ContextSwitches(pid) : -1;
   c.bench_csw = ContextSwitches(0);
   c.commit_mode = info.commit_mode();
-  if (admin == g_admin.get()) g_server_mode = info.commit_mode();
+  if (admin == g_admin.get()) {
+    g_server_mode = info.commit_mode();
+    if (info.version() == "errand-floor-broker") g_system = "grpc-floor";
+  }
   if (info_out != nullptr) *info_out = std::move(info);
   return c;
 }

@@ -90,6 +90,9 @@ bool IsSweepPhase(const std::string& p);
 extern std::unique_ptr<errand::v1::Admin::Stub> g_admin;
 extern std::string g_run_id;       // makes queue names unique per run
 extern std::string g_server_mode;  // its GetServerInfo.commit_mode
+// "errand", or "grpc-floor" when the shared broker is errand-floor-broker
+// (its GetServerInfo.version says so): the `system=` of every line.
+extern std::string g_system;
 extern pid_t g_broker_pid;         // spawned broker, for its CPU time; -1: none
 
 // This run's queue for `phase`.

@@ -54,6 +54,9 @@
 //                  once its job completes; latency = completion ack -> answer
 // Each phase prints one line starting with "system=errand" (phase-specific
 // fields are appended at its end), and a summary table follows at the end.
+// Against errand-floor-broker (bench/floor_broker.cc: the floor that gRPC and
+// the client library set, no broker work behind them) the lines say
+// "system=grpc-floor".
 // Every phase gives up after --phase-timeout seconds and says so
 // (status=timeout); the exit code is then 1.
 //
@@ -665,12 +668,13 @@ void PrintLine(PhaseResult& r) {
   Summary s = Summarize(r);
   std::string status = r.timed_out ? "timeout" : (r.ok() ? "ok" : "error");
   std::printf(
-      "system=errand mode=%s phase=%s jobs=%llu secs=%.3f rate=%.0f p50_us=%.0f p99_us=%.0f "
+      "system=%s mode=%s phase=%s jobs=%llu secs=%.3f rate=%.0f p50_us=%.0f p99_us=%.0f "
       "max_us=%.0f fsyncs_per_job=%.3f writes=%llu fsyncs=%llu writes_per_fsync=%.2f "
       "take_p50_us=%.0f take_p99_us=%.0f broker_cpu_us_per_job=%.1f bench_cpu_us_per_job=%.1f "
       "broker_csw_per_job=%.1f bench_csw_per_job=%.1f producers=%d workers=%d credits=%s "
       "packed_acks=%d payload=%d server_commit=%s acked=%s status=%s%s\n",
-      g_flags.mode.c_str(), r.phase.c_str(), static_cast<unsigned long long>(r.jobs), r.secs,
+      g_system.c_str(), g_flags.mode.c_str(), r.phase.c_str(),
+      static_cast<unsigned long long>(r.jobs), r.secs,
       r.rate(), s.p50, s.p99, s.max, s.fsyncs_per_job, static_cast<unsigned long long>(s.writes),
       static_cast<unsigned long long>(s.fsyncs), s.writes_per_fsync, s.take_p50, s.take_p99,
       s.broker_cpu_us_per_job, s.bench_cpu_us_per_job, s.broker_csw_per_job,
@@ -714,8 +718,10 @@ void PrintSummary() {
   for (int p : g_flags.producers) plist += (plist.empty() ? "" : ",") + std::to_string(p);
   const bool shared = std::any_of(g_flags.phases.begin(), g_flags.phases.end(),
                                   [](const std::string& p) { return !IsScalePhase(p); });
-  std::printf("\nerrand-bench summary: broker %s, mode requested %s, broker commit mode %s, "
+  std::printf("\nerrand-bench summary: %s%s, mode requested %s, broker commit mode %s, "
               "%s producers (one shared Client), %d workers (Workers.Connect), %d-byte payloads\n",
+              g_system == "grpc-floor" ? "errand-floor-broker (the gRPC floor, no broker work) "
+                                       : "broker ",
               !shared ? "of its own per scale phase"
               : g_flags.spawn_broker.empty() ? g_flags.addr.c_str() : "spawned",
               g_flags.mode.c_str(), shared ? g_server_mode.c_str() : g_flags.mode.c_str(),
@@ -783,7 +789,7 @@ int Main(int argc, char** argv) {
     std::vector<int> counts = {g_flags.producers.front()};
     if (IsSweepPhase(phase)) counts = g_flags.producers;
     for (int p : counts) {
-      std::string name = "errand/" + g_flags.mode + "/" + phase;
+      std::string name = g_system + "/" + g_flags.mode + "/" + phase;
       if (!IsScalePhase(phase)) name += "/P=" + std::to_string(p);
       benchmark::RegisterBenchmark(name.c_str(), BM_Phase, phase, p)
           ->UseManualTime()

@@ -2,11 +2,13 @@
 # errand-bench smoke test: spawns its own broker, runs every phase with a tiny
 # N, and checks the exit code and one machine-readable line per phase (per
 # producer count for the sweep phases), then the scale phases at a tiny scale
-# and the flag checks.
-# usage: smoke.sh ERRAND_BENCH ERRAND_BROKER
+# and the flag checks; then every phase against errand-floor-broker (the
+# gRPC floor), whose lines must say system=grpc-floor.
+# usage: smoke.sh ERRAND_BENCH ERRAND_BROKER ERRAND_FLOOR_BROKER
 set -u
 bench=$1
 broker=$2
+floor=$3
 
 # has OUT PATTERN WHAT: fails the test unless OUT has a line matching PATTERN.
 has() {
@@ -16,12 +18,14 @@ has() {
   fi
 }
 
-# run WHAT ARGS...: runs errand-bench with its own broker and ARGS, keeps its
-# output in $out and prints it; fails the test unless it exits 0.
+# run WHAT ARGS...: runs errand-bench with its own $server (errand-broker
+# unless set) and ARGS, keeps its output in $out and prints it; fails the
+# test unless it exits 0.
+server=$broker
 run() {
   what=$1
   shift
-  out=$("$bench" --spawn-broker="$broker" "$@" 2>&1)
+  out=$("$bench" --spawn-broker="$server" "$@" 2>&1)
   rc=$?
   echo "$out"
   if [ $rc -ne 0 ]; then
@@ -87,6 +91,29 @@ run "scale-ready --restart-signal=term" --mode=sync --phases=scale-ready --scale
     --restart-signal=term --phase-timeout=60
 has "$out" "^system=errand mode=sync phase=scale-ready jobs=1500 .*acked=sync status=ok .* restart_signal=term .* recovered_jobs=1500$" \
     "no ok scale-ready line for --restart-signal=term"
+
+# The gRPC floor: every phase, async only, labelled system=grpc-floor, each
+# credit mode and unpacked acks (it answers each shape errand-broker does).
+server=$floor
+for shape in --credits=with-complete --credits=ack --credits=early --packed-acks=false; do
+  run "errand-floor-broker $shape" --mode=async --n=200 --producers=2 \
+      --workers=2 --rate=500 --paced-n=100 --batch-size=50 --batch-n=1000 "$shape" \
+      --phases=enqueue,drain,roundtrip,paced,batch --phase-timeout=60
+  for phase in enqueue drain roundtrip paced batch; do
+    has "$out" "^system=grpc-floor mode=async phase=$phase jobs=[0-9]* .*status=ok" \
+        "no ok grpc-floor line for phase=$phase with $shape"
+  done
+  has "$out" "errand-bench summary: errand-floor-broker (the gRPC floor" \
+      "the summary does not name the floor ($shape)"
+done
+# It cannot fsync: --mode=sync is refused, with the reason.
+out=$("$bench" --spawn-broker="$floor" --mode=sync --n=10 --phases=enqueue 2>&1)
+if [ $? -eq 0 ]; then
+  echo "FAIL: errand-bench --mode=sync against errand-floor-broker exited 0"
+  exit 1
+fi
+has "$out" "serves --commit=async only" "no reason given for refusing --commit=sync"
+server=$broker
 
 # Bad flags: exit code 2 and a message naming the problem.
 bad() {

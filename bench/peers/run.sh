@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # bench/peers/run.sh: issue 6's job round trip workload on beanstalkd, Redis
 # streams, RabbitMQ (classic and quorum queues) and NATS JetStream, then on
-# errand, all on 127.0.0.1, and one table of the figures side by side.
+# errand, all on 127.0.0.1, and one table of the figures side by side; and the
+# gRPC floor (errand-floor-broker: errand-bench's calls answered from memory,
+# no broker work), which says what any broker serving this workload over
+# gRPC with errand's client could reach at best.
 #
 #   bench/peers/run.sh [--n=20000] [--producers=1,4,16,64] [--workers=4]
 #       [--phases=enqueue,drain,roundtrip,paced] [--modes=sync,async]
-#       [--systems=beanstalkd,redis,rabbitmq-classic,rabbitmq-quorum,nats,errand]
+#       [--systems=beanstalkd,redis,rabbitmq-classic,rabbitmq-quorum,nats,errand,grpc-floor]
 #       [--rate=1000] [--paced-n=5000] [--phase-timeout=60] [--budget=840]
 #       [--build-dir=build] [--no-install] [--no-build] [--out=FILE] [--keep]
 #
 # For every mode it starts each peer from its Debian package with a fresh data
 # directory under a temp dir, runs peer-bench (bench/peers/peer_bench.cc) once
 # per producer count, stops the peer by PID and checks it is gone; then it runs
-# errand-bench against a fresh errand-broker per mode and producer count.
+# errand-bench against a fresh errand-broker per mode and producer count, and
+# against a fresh errand-floor-broker per producer count (async only: it
+# never writes).
 #   sync   (acknowledged after fsync): beanstalkd -b DIR -f0; Redis appendonly
 #          with appendfsync always; RabbitMQ durable queue, persistent
 #          messages, publisher confirms (classic and quorum); errand --commit=sync.
@@ -26,9 +31,10 @@
 # is left and is cut off when its time is up; rows it did not finish show 'cut'.
 #
 # Installs what is missing with apt-get (Debian; root or sudo), builds
-# peer-bench, errand-bench and errand-broker into --build-dir (relative to the
-# repository root unless absolute) with -j2. Every line of every benchmark is
-# kept in --out (default: a file in the temp dir, printed at the end).
+# peer-bench, errand-bench, errand-broker and errand-floor-broker into
+# --build-dir (relative to the repository root unless absolute) with -j2.
+# Every line of every benchmark is kept in --out (default: a file in the temp
+# dir, printed at the end).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -38,7 +44,7 @@ PRODUCERS=1,4,16,64
 WORKERS=4
 PHASES=enqueue,drain,roundtrip,paced
 MODES=sync,async
-SYSTEMS=beanstalkd,redis,rabbitmq-classic,rabbitmq-quorum,nats,errand
+SYSTEMS=beanstalkd,redis,rabbitmq-classic,rabbitmq-quorum,nats,errand,grpc-floor
 RATE=1000
 PACED_N=5000
 PHASE_TIMEOUT=60
@@ -110,8 +116,8 @@ IFS=, read -r -a SYSTEM_LIST <<<"$SYSTEMS"
 ((${#SYSTEM_LIST[@]} > 0)) || die "--systems is empty"
 for s in "${SYSTEM_LIST[@]}"; do
   case "$s" in
-    beanstalkd | redis | rabbitmq-classic | rabbitmq-quorum | nats | errand) ;;
-    *) die "unknown system '$s' (beanstalkd, redis, rabbitmq-classic, rabbitmq-quorum, nats, errand)" ;;
+    beanstalkd | redis | rabbitmq-classic | rabbitmq-quorum | nats | errand | grpc-floor) ;;
+    *) die "unknown system '$s' (beanstalkd, redis, rabbitmq-classic, rabbitmq-quorum, nats, errand, grpc-floor)" ;;
   esac
 done
 [[ "$BUILD_DIR" = /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
@@ -160,19 +166,22 @@ install_packages() {
 ((INSTALL)) && install_packages
 
 if ((BUILD)); then
-  log "building peer-bench, errand-bench, errand-broker in $BUILD_DIR"
+  log "building peer-bench, errand-bench, errand-broker, errand-floor-broker in $BUILD_DIR"
   export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
   cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release >/dev/null || die "cmake failed"
-  targets=(--target errand-bench errand-broker)
-  for s in "${SYSTEM_LIST[@]}"; do [[ $s != errand ]] && targets+=(peer-bench) && break; done
+  targets=(--target errand-bench errand-broker errand-floor-broker)
+  for s in "${SYSTEM_LIST[@]}"; do [[ $s != errand && $s != grpc-floor ]] && targets+=(peer-bench) && break; done
   cmake --build "$BUILD_DIR" -j2 "${targets[@]}" >/dev/null || die "build failed"
 fi
 PEER_BENCH="$BUILD_DIR/bench/peer-bench"
 ERRAND_BENCH="$BUILD_DIR/bench/errand-bench"
 ERRAND_BROKER="$BUILD_DIR/broker/errand-broker"
+ERRAND_FLOOR="$BUILD_DIR/bench/errand-floor-broker"
 for s in "${SYSTEM_LIST[@]}"; do
   if [[ $s == errand ]]; then
     [[ -x $ERRAND_BENCH && -x $ERRAND_BROKER ]] || die "no $ERRAND_BENCH or $ERRAND_BROKER"
+  elif [[ $s == grpc-floor ]]; then
+    [[ -x $ERRAND_BENCH && -x $ERRAND_FLOOR ]] || die "no $ERRAND_BENCH or $ERRAND_FLOOR"
   else
     [[ -x $PEER_BENCH ]] || die "no $PEER_BENCH (needs libhiredis-dev, librabbitmq-dev, libnats-dev)"
   fi
@@ -264,7 +273,7 @@ count_runs() {
 # applies SYSTEM MODE: does the system have this mode at all?
 applies() {
   case "$1/$2" in
-    nats/sync | rabbitmq-classic/async | rabbitmq-quorum/async) return 1 ;;
+    nats/sync | rabbitmq-classic/async | rabbitmq-quorum/async | grpc-floor/sync) return 1 ;;
   esac
   return 0
 }
@@ -503,13 +512,25 @@ if want errand; then
     done
   done
 fi
+if want grpc-floor; then
+  for mode in "${MODE_LIST[@]}"; do
+    applies grpc-floor "$mode" || continue
+    for p in "${P_LIST[@]}"; do
+      run_bench grpc-floor "$mode" "$p" "$ERRAND_BENCH" --spawn-broker="$ERRAND_FLOOR" \
+        --mode="$mode" --n="$N" --producers="$p" --workers="$WORKERS" --rate="$RATE" \
+        --paced-n="$PACED_N" --phases="$(phases_for "$p")" --phase-timeout="$PHASE_TIMEOUT"
+    done
+  done
+fi
 log "benchmarks took $((SECONDS - START)) s"
 
 # ---------------------------------------------------------------------------
 # The table: rows mode x phase x P, a column per system, errand's ratio to the
 # best peer. enqueue/drain/roundtrip: jobs/s, ratio = errand / best peer.
 # paced: p99 latency in ms, ratio = best peer / errand. A ratio above 1 means
-# errand is better in every row.
+# errand is better in every row. grpc-floor is no peer: floor/best is its
+# ratio to the best peer, the most a gRPC broker with errand's client could
+# reach in that row.
 
 awk -v systems="$SYSTEMS" -v modes="$MODES" -v phases="$PHASES" -v plist="$PRODUCERS" \
   -v n="$N" -v w="$WORKERS" -v rate="$RATE" -v drainp="$DRAIN_P" '
@@ -535,26 +556,30 @@ function lat(k) {
   return sprintf("%.2f/%.2f/%.1f", p50[k] / 1000, p99[k] / 1000, mx[k] / 1000)
 }
 END {
+  hasfloor = ("," systems ",") ~ /,grpc-floor,/
   ns = split(systems, sys, ","); nm = split(modes, md, ","); np = split(phases, ph, ","); nq = split(plist, pp, ",")
   printf "\nJob round trip, %d-job phases, %d workers, 256-byte payloads, paced %d jobs/s offered; all on 127.0.0.1.\n", n, w, rate
   printf "enqueue/drain/roundtrip: jobs/s. paced: p99 ms from enqueue to completion.\n"
   printf "drain has no producers: it runs once, in the P=%s invocation.\n", drainp
   printf "errand/best: errand over the best peer (paced: best peer p99 over errand p99); > 1 means errand is ahead.\n"
+  if (("," systems ",") ~ /,grpc-floor,/) printf "grpc-floor: errand-bench against errand-floor-broker, no broker work behind gRPC (async only); floor/best: its ratio to the best peer, the ceiling for a gRPC broker with this client.\n"
   printf "'-': not run (NATS sync: no fsync-per-write setting; RabbitMQ async: no confirm-before-fsync setting).\n\n"
   hdr = sprintf("%-6s %-9s %3s", "mode", "phase", "P")
   for (i = 1; i <= ns; i++) hdr = hdr sprintf(" %16s", sys[i])
   hdr = hdr sprintf(" %12s", "errand/best")
+  if (hasfloor) hdr = hdr sprintf(" %11s", "floor/best")
   print hdr
   for (a = 1; a <= nm; a++) for (b = 1; b <= np; b++) for (c = 1; c <= nq; c++) {
     if (ph[b] == "drain" && pp[c] != drainp) continue
     row = sprintf("%-6s %-9s %3s", md[a], ph[b], pp[c])
-    best = -1; ev = -1
+    best = -1; ev = -1; fv = -1
     for (i = 1; i <= ns; i++) {
       k = md[a] "|" ph[b] "|" pp[c] "|" sys[i]
       row = row sprintf(" %16s", cell(k, ph[b]))
       if (!(k in status) || status[k] != "ok") continue
       v = (ph[b] == "paced") ? p99[k] + 0 : rt[k] + 0
       if (sys[i] == "errand") { ev = v; continue }
+      if (sys[i] == "grpc-floor") { fv = v; continue }
       if (best < 0 || (ph[b] == "paced" ? v < best : v > best)) best = v
     }
     ratio = "-"
@@ -562,7 +587,16 @@ END {
       r = ph[b] == "paced" ? best / ev : ev / best
       ratio = sprintf(r < 0.1 ? "%.3f" : "%.2f", r)
     }
-    print row sprintf(" %12s", ratio)
+    row = row sprintf(" %12s", ratio)
+    if (hasfloor) {
+      ratio = "-"
+      if (best > 0 && fv > 0) {
+        r = ph[b] == "paced" ? best / fv : fv / best
+        ratio = sprintf(r < 0.1 ? "%.3f" : "%.2f", r)
+      }
+      row = row sprintf(" %11s", ratio)
+    }
+    print row
   }
   if (("," phases ",") !~ /,paced,/) exit
   printf "\npaced latency, p50/p99/max ms from enqueue to completion:\n"
