@@ -32,7 +32,13 @@ Engine::Engine(asio::io_context& core, const util::Clock& clock, store::JobStore
       options_(options),
       boot_epoch_(boot_epoch),
       rng_(std::random_device{}()),
-      timer_(core) {}
+      timer_(core),
+      lease_waits_(
+          core, [this](std::function<void()> fn) { EnterCore(std::move(fn)); },
+          [this](std::vector<uint64_t> ids) { LeaseWaitsDue(std::move(ids)); }),
+      job_waits_(
+          core, [this](std::function<void()> fn) { EnterCore(std::move(fn)); },
+          [this](std::vector<uint64_t> ids) { JobWaitsDue(std::move(ids)); }) {}
 
 Engine::~Engine() {
   for (JobEntry* e : jobs_) delete e;
@@ -168,7 +174,7 @@ void Engine::Shutdown() {
     auto it = job_waiters_.find(wid);
     JobWaiter w = std::move(it->second);
     job_waiters_.erase(it);
-    w.timer->cancel();
+    job_waits_.Remove(w.until, wid);
     if (JobEntry* e = Find(w.job_id)) e->Unwait(wid);
     w.done(absl::UnavailableError("broker is shutting down"), false);
   }
@@ -181,6 +187,8 @@ void Engine::Shutdown() {
   }
   timer_.cancel();
   timer_at_.reset();
+  lease_waits_.Stop();
+  job_waits_.Stop();
 }
 
 // ---------------------------------------------------------------------------
@@ -302,12 +310,16 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
   JobWaiter& w = job_waiters_[wid];
   w.job_id = id;
   w.done = std::move(done);
-  w.timer = std::make_unique<asio::steady_timer>(core_, timeout);
+  w.until = std::chrono::steady_clock::now() + timeout;
   e->Wait().waiters.push_back(wid);
-  w.timer->async_wait(OnCore([this, wid](const std::error_code& ec) {
-    if (ec) return;
+  job_waits_.Add(w.until, wid);
+  return wid;
+}
+
+void Engine::JobWaitsDue(std::vector<uint64_t> waiter_ids) {
+  for (uint64_t wid : waiter_ids) {
     auto it = job_waiters_.find(wid);
-    if (it == job_waiters_.end()) return;
+    if (it == job_waiters_.end()) continue;
     JobWaiter w = std::move(it->second);
     job_waiters_.erase(it);
     if (JobEntry* e = Find(w.job_id)) {
@@ -316,15 +328,14 @@ uint64_t Engine::WaitJob(uint64_t id, std::chrono::microseconds timeout, WaitDon
     } else {
       w.done(absl::NotFoundError("job " + store::FormatJobId(w.job_id) + " was deleted"), false);
     }
-  }));
-  return wid;
+  }
 }
 
 bool Engine::CancelWaitJob(uint64_t waiter_id) {
   auto it = job_waiters_.find(waiter_id);
   if (it == job_waiters_.end()) return false;
   if (JobEntry* e = Find(it->second.job_id)) e->Unwait(waiter_id);
-  it->second.timer->cancel();
+  job_waits_.Remove(it->second.until, waiter_id);
   job_waiters_.erase(it);
   return true;
 }
@@ -337,7 +348,7 @@ void Engine::FireJobWaiters(JobEntry& e) {
     if (it == job_waiters_.end()) continue;
     JobWaiter w = std::move(it->second);
     job_waiters_.erase(it);
-    w.timer->cancel();
+    job_waits_.Remove(w.until, wid);
     w.done(GetJob(e.id), true);
   }
 }
@@ -632,7 +643,7 @@ void Engine::RemoveWaiter(uint64_t waiter_id, Waiter* out) {
   auto it = waiters_.find(waiter_id);
   if (it == waiters_.end()) return;
   for (auto& [q, link] : it->second.links) q->waiters.erase(link);
-  if (it->second.timer) it->second.timer->cancel();
+  lease_waits_.Remove(it->second.until, waiter_id);
   if (out != nullptr) *out = std::move(it->second);
   waiters_.erase(it);
 }
@@ -658,18 +669,20 @@ uint64_t Engine::Lease(LeaseSpec spec, LeaseDone done) {
     q.waiters.push_back(wid);
     w.links.emplace_back(&q, std::prev(q.waiters.end()));
   }
-  w.timer = std::make_unique<asio::steady_timer>(core_, spec.wait);
+  w.until = std::chrono::steady_clock::now() + spec.wait;
   w.spec = std::move(spec);
   w.done = std::move(done);
-  w.timer->async_wait(OnCore([this, wid](const std::error_code& ec) {
-    if (ec) return;
+  lease_waits_.Add(w.until, wid);
+  return wid;
+}
+
+void Engine::LeaseWaitsDue(std::vector<uint64_t> waiter_ids) {
+  for (uint64_t wid : waiter_ids) {
+    if (waiters_.count(wid) == 0) continue;
     Waiter expired;
-    auto it = waiters_.find(wid);
-    if (it == waiters_.end()) return;
     RemoveWaiter(wid, &expired);
     expired.done(std::vector<v1::Lease>());
-  }));
-  return wid;
+  }
 }
 
 bool Engine::CancelLeaseWait(uint64_t waiter_id) {
@@ -1499,7 +1512,7 @@ void Engine::EraseJob(uint64_t id) {
     if (w == job_waiters_.end()) continue;
     JobWaiter waiter = std::move(w->second);
     job_waiters_.erase(w);
-    waiter.timer->cancel();
+    job_waits_.Remove(waiter.until, wid);
     waiter.done(absl::NotFoundError("job " + store::FormatJobId(e.id) + " was deleted"), false);
   }
   // Operations that waited for the job's write now find no job.

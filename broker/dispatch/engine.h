@@ -31,6 +31,7 @@
 #include "dispatch/deadline_set.h"
 #include "dispatch/packed_job.h"
 #include "dispatch/ready_queue.h"
+#include "dispatch/wait_deadlines.h"
 #include "store/job_store.h"
 #include "errand/v1/admin.pb.h"
 #include "errand/v1/jobs.pb.h"
@@ -295,6 +296,14 @@ class Engine {
       options_.on_core([h, ec]() mutable { h(ec); });
     };
   }
+  // Runs `fn` in core (EngineOptions::on_core), from a timer's handler.
+  void EnterCore(std::function<void()> fn) {
+    if (options_.on_core) {
+      options_.on_core(std::move(fn));
+    } else {
+      fn();
+    }
+  }
 
   struct QueueState;
 
@@ -364,7 +373,7 @@ class Engine {
   struct JobWaiter {
     uint64_t job_id = 0;
     WaitDone done;
-    std::unique_ptr<asio::steady_timer> timer;
+    WaitDeadlines::Time until;  // in job_waits_
   };
 
   struct QueueState {
@@ -399,7 +408,7 @@ class Engine {
   struct Waiter {
     LeaseSpec spec;
     LeaseDone done;
-    std::unique_ptr<asio::steady_timer> timer;
+    WaitDeadlines::Time until;  // in lease_waits_
     std::vector<std::pair<QueueState*, std::list<uint64_t>::iterator>> links;
   };
 
@@ -461,6 +470,9 @@ class Engine {
   // queue, its concurrency key's count released.
   void UnpickJob(JobEntry& e);
   void RemoveWaiter(uint64_t waiter_id, Waiter* out);
+  // Waiting Lease and WaitJob calls whose wait ran out: answered as a timeout.
+  void LeaseWaitsDue(std::vector<uint64_t> waiter_ids);
+  void JobWaitsDue(std::vector<uint64_t> waiter_ids);
 
   // Builds the write of `job` (with `lease_token`) plus its event.
   commit::Mutation JobMutation(const v1::Job& job, uint64_t lease_token, v1::EventType type,
@@ -517,6 +529,9 @@ class Engine {
 
   asio::steady_timer timer_;
   std::optional<util::Clock::TimePoint> timer_at_;
+  // When waiting Lease and WaitJob calls run out (real time, not clock_).
+  WaitDeadlines lease_waits_;
+  WaitDeadlines job_waits_;
 };
 
 }  // namespace errand::dispatch
