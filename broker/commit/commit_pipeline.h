@@ -142,9 +142,9 @@ class CommitPipeline {
     // done for the lease alone. Zero: fsync for them at once.
     std::chrono::microseconds event_fsync_delay{std::chrono::milliseconds(5)};
     // How the syncer thread hands over the results of the writes it fsynced.
-    // Empty: `post`. The broker's `post` may run the closure in place, on
-    // the calling thread; the syncer must not be held up that way, so the
-    // broker gives a `deliver_post` that only queues.
+    // Empty: `post`. It may run them in place, on the syncer thread (the
+    // broker's does when core is idle): the next fsync then starts once
+    // they ran, and the writes that came meanwhile join it.
     Post deliver_post;
   };
 

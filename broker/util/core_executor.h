@@ -25,7 +25,7 @@ namespace errand::util {
 //   running core runs it.
 // - Post(f): always queued; when core is idle the core thread (the one
 //   running `io`) is woken to run it. For callers that must not be held up
-//   by core's work (the fsync thread) and for start and stop.
+//   by core's work (the event hub's disk readers) and for start and stop.
 // - A closure handed in from core itself runs after the current one, never
 //   nested in it.
 // - A thread running core in place runs at most `max_in_place` closures, then
