@@ -219,8 +219,6 @@ class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
-
-  friend class Floor;
 };
 
 std::string Floor::Enqueue(const std::string& queue, std::string payload,
