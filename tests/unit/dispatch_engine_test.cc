@@ -852,6 +852,39 @@ TEST_F(EngineTest, TimerExpiriesEnterCoreThroughOnCore) {
   options_.on_core = nullptr;
 }
 
+TEST_F(EngineTest, AnsweredWaitersHandNothingToCoreFromTheirTimers) {
+  // A waiter answered before its wait runs out (a worker waiting on an empty
+  // queue gets the next job) must not leave a timer handler behind: with a
+  // timer per waiter, each cancelled one still ran on the io_context's
+  // thread and entered core, a wake-up of the core thread per job.
+  std::vector<std::function<void()>> handed;
+  options_.on_core = [&](std::function<void()> fn) { handed.push_back(std::move(fn)); };
+  Restart();
+  int leased = 0;
+  for (int i = 0; i < 3; ++i) {
+    engine_->Lease(Spec({"q"}, 1, seconds(30)),
+                   [&](absl::StatusOr<std::vector<v1::Lease>> r) {
+                     if (r.ok() && r->size() == 1) ++leased;
+                   });
+    const uint64_t id = Enqueue(Req("q"));
+    ASSERT_TRUE(RunUntil([&] { return leased == i + 1; }));
+    // A WaitJob call that goes away (its client cancelled) is the same.
+    const uint64_t wid =
+        engine_->WaitJob(id, seconds(30), [](absl::StatusOr<v1::Job>, bool) {});
+    ASSERT_NE(wid, 0u);
+    EXPECT_TRUE(engine_->CancelWaitJob(wid));
+  }
+  // Whatever the commit pipeline still posts, run it; no timer fires here
+  // (every wait and lease is 30 s away).
+  for (int i = 0; i < 10; ++i) io_.run_for(milliseconds(5));
+  EXPECT_TRUE(handed.empty()) << handed.size() << " timer closures entered core";
+  EXPECT_EQ(engine_->waiting_leases(), 0u);
+  // Stop the engine while `handed` lives: stopping cancels the engine's own
+  // timer, whose handler hands a closure in too.
+  options_.on_core = nullptr;
+  Restart();
+}
+
 TEST_F(EngineTest, CancelLeaseWaitRemovesTheWaiter) {
   bool answered = false;
   const uint64_t wid =
