@@ -115,6 +115,10 @@ fi
 has "$out" "serves --commit=async only" "no reason given for refusing --commit=sync"
 server=$broker
 
+# --help names the floor.
+out=$("$bench" --help 2>&1)
+has "$out" "errand-floor-broker --mode=async measures the gRPC floor" "--help does not name the floor"
+
 # Bad flags: exit code 2 and a message naming the problem.
 bad() {
   out=$("$bench" "$@" 2>&1)
