@@ -130,9 +130,9 @@ void Usage() {
                "  scale-fanout   [--subscribers=1000] [--fanout-jobs=200] [--fanout-rate=50]\n"
                "  scale-waiters  [--waiters=10000]\n"
                "  (fanout and waiters spread over [--scale-channels=4] connections)\n"
-               "--spawn-broker=PATH/errand-floor-broker --mode=async measures the gRPC floor:\n"
-               "the same calls answered from memory, no broker work (lines say\n"
-               "system=grpc-floor); see docs/performance.md, \"The gRPC floor\".\n");
+               "--spawn-broker=PATH/errand-floor-broker measures the gRPC floor: the same\n"
+               "calls answered from memory, no broker work (--mode=sync: plus an fsynced\n"
+               "log; lines say system=grpc-floor); see docs/performance.md, \"The gRPC floor\".\n");
 }
 
 // Parses our flags out of argv; what is left (argv[0] and --benchmark_*) goes

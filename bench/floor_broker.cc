@@ -3,8 +3,8 @@
 // It answers the calls errand-bench makes (Jobs.EnqueueStream,
 // Jobs.EnqueueBatch, Workers.Connect, Admin.GetServerInfo) from memory,
 // under one mutex, through gRPC's callback API as errand-broker does, and
-// does nothing else: no store, no fsync, no validation, no lease deadlines,
-// no redelivery, no events. errand-bench against it therefore measures what
+// does nothing else: no store, no validation, no lease deadlines, no
+// redelivery, no events. errand-bench against it therefore measures what
 // the client library, gRPC's C++ stack and the loopback cost for the
 // workload on this machine, with no broker work behind them:
 //   - errand-broker's figures against these are the share of errand's own
@@ -14,25 +14,42 @@
 //
 //   errand-bench --spawn-broker=build/bench/errand-floor-broker --mode=async
 //
-// It is a measuring instrument, not a broker: it acknowledges before any
-// write and forgets everything at exit, so it refuses --commit=sync.
-// A job delivered to a worker that goes away is dropped, and Fail drops its
-// job too (no retry).
+// --commit=sync adds the disk and nothing else: every enqueue message,
+// EnqueueBatch call, complete and fail appends a record of its payload's
+// size to a log file under --data-dir, and is answered (an enqueued job
+// becomes leasable) once an fdatasync covered it. One thread fsyncs
+// everything appended since its last fsync (group commit, as errand's
+// commit pipeline does); a delivery, like errand's lease, waits for no
+// fsync of its own.
 //
-// Threads: gRPC's callback threads only. `mu_` guards the queues and the
-// workers' credits; each stream's writes are serialized by its own mutex,
-// and every StartWrite is made with no lock held.
+// It is a measuring instrument, not a broker: it never reads its log back
+// and forgets everything at exit. A job delivered to a worker that goes away
+// is dropped, and Fail drops its job too (no retry).
+//
+// Threads: gRPC's callback threads, and in sync mode the fsync thread, which
+// runs what waited for each fsync. `mu_` guards the queues and the workers'
+// credits; each stream's writes are serialized by its own mutex, and every
+// StartWrite is made with no lock held.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -90,6 +107,99 @@ class Floor {
 
 Floor* g_floor = nullptr;
 
+// Sync mode's disk: an append-only file and a thread that fsyncs it.
+class Log {
+ public:
+  ~Log() { Stop(); }
+
+  // Opens (creates) `dir`/floor.log; false with a message on failure.
+  bool Open(const std::string& dir, std::string* error) {
+    ::mkdir(dir.c_str(), 0700);
+    const std::string path = dir + "/floor.log";
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd_ < 0) {
+      *error = "cannot open " + path + ": " + std::strerror(errno);
+      return false;
+    }
+    syncer_ = std::thread([this] { Run(); });
+    return true;
+  }
+
+  // Appends a record of `bytes` (at least 16) and runs `durable` on the
+  // fsync thread once an fdatasync covered it.
+  void Commit(size_t bytes, std::function<void()> durable) {
+    std::string record(std::max<size_t>(bytes, 16), 'r');
+    std::lock_guard<std::mutex> l(mu_);
+    for (size_t off = 0; off < record.size();) {
+      ssize_t n = ::write(fd_, record.data() + off, record.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        std::fprintf(stderr, "errand-floor-broker: write: %s\n", std::strerror(errno));
+        std::abort();  // an instrument: a failing disk ends the measurement
+      }
+      off += static_cast<size_t>(n);
+    }
+    waiting_.push_back(std::move(durable));
+    cv_.notify_one();
+  }
+
+  uint64_t fsyncs() const { return fsyncs_.load(std::memory_order_relaxed); }
+
+  void Stop() {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+      cv_.notify_one();
+    }
+    if (syncer_.joinable()) syncer_.join();
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  void Run() {
+    std::vector<std::function<void()>> batch;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [this] { return stop_ || !waiting_.empty(); });
+        if (waiting_.empty()) return;  // stopping, nothing left
+        batch.swap(waiting_);
+      }
+      // Everything in `batch` was written before it was taken.
+      if (::fdatasync(fd_) != 0) {
+        std::fprintf(stderr, "errand-floor-broker: fdatasync: %s\n", std::strerror(errno));
+        std::abort();
+      }
+      fsyncs_.fetch_add(1, std::memory_order_relaxed);
+      for (auto& fn : batch) fn();
+      batch.clear();
+    }
+  }
+
+  int fd_ = -1;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::function<void()>> waiting_;
+  bool stop_ = false;
+  std::thread syncer_;
+  std::atomic<uint64_t> fsyncs_{0};
+};
+
+// Null in async mode: what would wait for an fsync runs at once.
+Log* g_log = nullptr;
+
+// Runs `then` once a record of `bytes` is durable (sync mode), or now.
+void Commit(size_t bytes, std::function<void()> then) {
+  if (g_log == nullptr) {
+    then();
+  } else {
+    g_log->Commit(bytes, std::move(then));
+  }
+}
+
+v1::Durability Reached() { return g_log ? v1::DURABILITY_SYNC : v1::DURABILITY_ASYNC; }
+
 // Workers.Connect: one worker's stream.
 class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::ConnectResponse>,
                          public std::enable_shared_from_this<WorkerConn> {
@@ -136,32 +246,55 @@ class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::
     } else if (in_.kind_case() == v1::ConnectRequest::kCredits) {
       g_floor->AddCredits(self, in_.credits(), &deliveries);
     } else if (in_.has_complete() || in_.has_fail() || in_.has_extend()) {
-      if (!in_.has_extend()) g_floor->CountWrite();
-      v1::ConnectAck ack;
-      ack.set_request_id(in_.request_id());
-      if (packed_) {
-        std::lock_guard<std::mutex> l(out_mu_);
-        acks_.push_back(std::move(ack));
-        flush_acks = true;
+      const uint64_t rid = in_.request_id();
+      if (in_.has_extend() || g_log == nullptr) {
+        // Answered now (an extend writes nothing that needs an fsync, as
+        // errand's leases do not): with packed acks, in front of the
+        // delivery the credit below brings.
+        if (!in_.has_extend()) g_floor->CountWrite();
+        QueueAck(rid);
+        flush_acks = packed_;
       } else {
-        v1::ConnectResponse r;
-        *r.mutable_ack() = std::move(ack);
-        Send(std::move(r));
+        // Sync mode: the outcome's record first; the next job's delivery
+        // does not wait for it (errand leases it in the same commit group).
+        g_floor->CountWrite();
+        const size_t bytes = in_.has_complete() ? in_.complete().result().size() + 64 : 64;
+        Commit(bytes, [self, rid] {
+          self->QueueAck(rid);
+          self->FlushAcks();
+        });
       }
       if (in_.more_credits() > 0) g_floor->AddCredits(self, in_.more_credits(), &deliveries);
     }
     in_.Clear();
     StartRead(&in_);
     Deliver(deliveries);
-    if (flush_acks) {
-      // Acks no delivery took: a message of their own.
-      bool left;
-      {
-        std::lock_guard<std::mutex> l(out_mu_);
-        left = !acks_.empty();
-      }
-      if (left) Send(v1::ConnectResponse());
+    if (flush_acks) FlushAcks();
+  }
+
+  // The ack of request `rid`: held for the next message with packed acks,
+  // else a message of its own.
+  void QueueAck(uint64_t rid) {
+    v1::ConnectAck ack;
+    ack.set_request_id(rid);
+    if (packed_) {
+      std::lock_guard<std::mutex> l(out_mu_);
+      acks_.push_back(std::move(ack));
+      return;
     }
+    v1::ConnectResponse r;
+    *r.mutable_ack() = std::move(ack);
+    Send(std::move(r));
+  }
+
+  // Acks no delivery took: a message of their own.
+  void FlushAcks() {
+    bool left;
+    {
+      std::lock_guard<std::mutex> l(out_mu_);
+      left = !acks_.empty();
+    }
+    if (left) Send(v1::ConnectResponse());
   }
 
   void OnWriteDone(bool ok) override {
@@ -211,7 +344,7 @@ class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::
 
   std::shared_ptr<WorkerConn> self_;
   v1::ConnectRequest in_;
-  bool packed_ = false;  // read thread only
+  std::atomic<bool> packed_{false};  // set by the hello, before any ack
   std::mutex out_mu_;
   std::vector<v1::ConnectAck> acks_;
   std::deque<v1::ConnectResponse> outbox_;
@@ -293,12 +426,18 @@ void Deliver(std::vector<Delivery>& deliveries) {
 }
 
 // Jobs.EnqueueStream: every request of a message (and its `more`) answered
-// in one message; answers made while a write is in flight go out together
-// after it.
+// in one message (in sync mode once its record is durable); answers made
+// while a write is in flight go out together after it.
 class EnqueueConn final
-    : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse> {
+    : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>,
+      public std::enable_shared_from_this<EnqueueConn> {
  public:
-  EnqueueConn() { StartRead(&in_); }
+  static grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* Open() {
+    auto c = std::make_shared<EnqueueConn>();
+    c->self_ = c;
+    c->StartRead(&c->in_);
+    return c.get();
+  }
 
  private:
   // Adds `a` to `into`: its first answer at the top, the others in `more`.
@@ -317,71 +456,96 @@ class EnqueueConn final
     for (auto& m : more) Add(std::move(m), into);
   }
 
-  void Answer(const v1::EnqueueStreamRequest& req, std::vector<Delivery>* deliveries,
-              v1::EnqueueStreamResponse* into) {
-    v1::EnqueueStreamResponse a;
-    a.set_request_id(req.request_id());
-    std::string id = g_floor->Enqueue(req.job().queue(), req.job().payload(), deliveries);
-    v1::EnqueueResponse* res = a.mutable_result();
-    res->set_job_id(std::move(id));
-    res->set_durability(v1::DURABILITY_ASYNC);
-    Add(std::move(a), into);
-  }
-
   void OnReadDone(bool ok) override {
     if (!ok) {
-      std::lock_guard<std::mutex> l(mu_);
-      closing_ = true;
-      if (!writing_ && !finished_) {
-        finished_ = true;
-        Finish(grpc::Status::OK);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        closing_ = true;
       }
+      Kick();
       return;
     }
-    std::vector<Delivery> deliveries;
-    v1::EnqueueStreamResponse answers;
-    Answer(in_, &deliveries, &answers);
-    for (const auto& m : in_.more()) Answer(m, &deliveries, &answers);
+    auto reqs = std::make_shared<std::vector<v1::EnqueueStreamRequest>>();
+    auto more = std::move(*in_.mutable_more());
+    in_.clear_more();
+    size_t bytes = in_.job().payload().size() + 64;
+    reqs->push_back(std::move(in_));
+    for (auto& m : more) {
+      bytes += m.job().payload().size() + 64;
+      reqs->push_back(std::move(m));
+    }
     in_.Clear();
-    StartRead(&in_);
-    bool start = false;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (writing_) {
-        Append(std::move(answers), &pending_);
-      } else {
-        out_ = std::move(answers);
-        writing_ = start = true;
-      }
+      ++unanswered_;
     }
-    if (start) StartWrite(&out_);
+    StartRead(&in_);
+    Commit(bytes, [self = shared_from_this(), reqs] { self->Answer(*reqs); });
+  }
+
+  // The requests of one message are in (durable in sync mode): enqueue the
+  // jobs, answer them in one message, deliver.
+  void Answer(std::vector<v1::EnqueueStreamRequest>& reqs) {
+    std::vector<Delivery> deliveries;
+    v1::EnqueueStreamResponse answers;
+    for (auto& req : reqs) {
+      v1::EnqueueStreamResponse a;
+      a.set_request_id(req.request_id());
+      v1::EnqueueResponse* res = a.mutable_result();
+      res->set_job_id(g_floor->Enqueue(
+          req.job().queue(), std::move(*req.mutable_job()->mutable_payload()), &deliveries));
+      res->set_durability(Reached());
+      Add(std::move(a), &answers);
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      --unanswered_;
+      Append(std::move(answers), &pending_);
+    }
+    Kick();
     Deliver(deliveries);
   }
 
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> l(mu_);
-    writing_ = false;
-    if (ok && pending_.request_id() != 0) {
-      out_ = std::move(pending_);
-      pending_.Clear();
-      writing_ = true;
-      l.unlock();
-      StartWrite(&out_);
-      return;
+  // Starts the next write, or Finish once the client is done and every
+  // request is answered.
+  void Kick() {
+    bool start = false;
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (writing_ || finished_) return;
+      if (pending_.request_id() != 0) {
+        out_ = std::move(pending_);
+        pending_.Clear();
+        writing_ = start = true;
+      } else if (closing_ && unanswered_ == 0) {
+        finished_ = finish = true;
+      }
     }
-    if (closing_ && !finished_) {
-      finished_ = true;
-      l.unlock();
+    if (start) {
+      StartWrite(&out_);
+    } else if (finish) {
       Finish(grpc::Status::OK);
     }
   }
 
-  void OnDone() override { delete this; }
+  void OnWriteDone(bool ok) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      writing_ = false;
+      if (!ok) closing_ = true;
+    }
+    Kick();
+  }
 
+  void OnDone() override { self_.reset(); }  // may delete this
+
+  std::shared_ptr<EnqueueConn> self_;
   v1::EnqueueStreamRequest in_;
   std::mutex mu_;
   v1::EnqueueStreamResponse out_;
   v1::EnqueueStreamResponse pending_;
+  int unanswered_ = 0;  // messages read, not answered yet
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;
@@ -390,21 +554,25 @@ class EnqueueConn final
 class JobsService final : public v1::Jobs::CallbackService {
   grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>* EnqueueStream(
       grpc::CallbackServerContext*) override {
-    return new EnqueueConn();
+    return EnqueueConn::Open();
   }
   grpc::ServerUnaryReactor* EnqueueBatch(grpc::CallbackServerContext* ctx,
                                          const v1::EnqueueBatchRequest* req,
                                          v1::EnqueueBatchResponse* resp) override {
-    std::vector<Delivery> deliveries;
-    for (const auto& job : req->jobs()) {
-      v1::EnqueueResponse* r = resp->add_results();
-      r->set_job_id(g_floor->Enqueue(job.queue(), job.payload(), &deliveries));
-      r->set_durability(v1::DURABILITY_ASYNC);
-    }
-    resp->set_durability(v1::DURABILITY_ASYNC);
-    Deliver(deliveries);
     auto* reactor = ctx->DefaultReactor();
-    reactor->Finish(grpc::Status::OK);
+    size_t bytes = 0;
+    for (const auto& job : req->jobs()) bytes += job.payload().size() + 64;
+    Commit(bytes, [req, resp, reactor] {
+      std::vector<Delivery> deliveries;
+      for (const auto& job : req->jobs()) {
+        v1::EnqueueResponse* r = resp->add_results();
+        r->set_job_id(g_floor->Enqueue(job.queue(), job.payload(), &deliveries));
+        r->set_durability(Reached());
+      }
+      resp->set_durability(Reached());
+      Deliver(deliveries);
+      reactor->Finish(grpc::Status::OK);
+    });
     return reactor;
   }
 };
@@ -423,11 +591,11 @@ class AdminService final : public v1::Admin::CallbackService {
                                           const v1::GetServerInfoRequest*,
                                           v1::GetServerInfoResponse* resp) override {
     resp->set_version("errand-floor-broker");
-    resp->set_commit_mode("async");
+    resp->set_commit_mode(g_log ? "sync" : "async");
     resp->set_jobs(g_floor->ready());
     resp->set_writes(g_floor->writes());
     resp->set_commits(g_floor->writes());
-    resp->set_fsyncs(0);
+    resp->set_fsyncs(g_log ? g_log->fsyncs() : 0);
     auto* reactor = ctx->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -441,27 +609,37 @@ int main(int argc, char** argv) {
       "errand-floor-broker: answers errand-bench's calls (Jobs.EnqueueStream, "
       "Jobs.EnqueueBatch, Workers.Connect, Admin.GetServerInfo) from memory with no broker "
       "work behind them, to measure the floor that gRPC, the client library and the "
-      "loopback set for the workload. Not a broker: it acknowledges before any write, "
-      "forgets everything at exit, never redelivers.\n"
-      "  errand-bench --spawn-broker=PATH/errand-floor-broker --mode=async"};
+      "loopback set for the workload; --commit=sync adds a log file fsynced by group commit "
+      "and nothing else. Not a broker: it never reads its log back, forgets everything at "
+      "exit, never redelivers.\n"
+      "  errand-bench --spawn-broker=PATH/errand-floor-broker --mode=async|sync"};
   std::string listen = "127.0.0.1:0";
   std::string port_file;
   std::string commit = "async";
+  std::string data_dir;
   std::string ignored;
   app.add_option("--listen", listen, "host:port to serve on (port 0: any free port)")
       ->capture_default_str();
   app.add_option("--port-file", port_file, "write the bound port to this file");
-  app.add_option("--commit", commit, "only async: it never writes, so it cannot fsync")
-      ->capture_default_str();
-  app.add_option("--data-dir", ignored, "accepted and ignored (errand-bench passes it)");
+  app.add_option("--commit", commit,
+                 "async: answer at once; sync: answer once the record is fdatasynced")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"async", "sync"}));
+  app.add_option("--data-dir", data_dir, "where --commit=sync keeps its log (floor.log)");
   app.add_option("--http-listen", ignored, "accepted and ignored (errand-bench passes it)");
   CLI11_PARSE(app, argc, argv);
-  if (commit != "async") {
-    std::fprintf(stderr,
-                 "errand-floor-broker: --commit=%s: it acknowledges before any write and "
-                 "never fsyncs, so it serves --commit=async only (errand-bench --mode=async)\n",
-                 commit.c_str());
-    return 2;
+  Log log;
+  if (commit == "sync") {
+    if (data_dir.empty()) {
+      std::fprintf(stderr, "errand-floor-broker: --commit=sync needs --data-dir for its log\n");
+      return 2;
+    }
+    std::string error;
+    if (!log.Open(data_dir, &error)) {
+      std::fprintf(stderr, "errand-floor-broker: %s\n", error.c_str());
+      return 1;
+    }
+    g_log = &log;
   }
 
   // SIGTERM and SIGINT end it; blocked here so every thread inherits that.
@@ -495,11 +673,14 @@ int main(int argc, char** argv) {
     }
     std::rename(tmp.c_str(), port_file.c_str());
   }
-  std::fprintf(stderr, "errand-floor-broker: serving on port %d (listen %s)\n", port,
-               listen.c_str());
+  std::fprintf(stderr, "errand-floor-broker: serving on port %d (listen %s, commit %s)\n", port,
+               listen.c_str(), commit.c_str());
   int sig = 0;
   sigwait(&stop_signals, &sig);
   std::fprintf(stderr, "errand-floor-broker: signal %d, stopping\n", sig);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // What waits for an fsync gets it; then nothing runs on the fsync thread.
+  log.Stop();
+  server->Wait();
   return 0;
 }

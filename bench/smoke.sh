@@ -3,7 +3,7 @@
 # N, and checks the exit code and one machine-readable line per phase (per
 # producer count for the sweep phases), then the scale phases at a tiny scale
 # and the flag checks; then every phase against errand-floor-broker (the
-# gRPC floor), whose lines must say system=grpc-floor.
+# gRPC floor) in both modes, whose lines must say system=grpc-floor.
 # usage: smoke.sh ERRAND_BENCH ERRAND_BROKER ERRAND_FLOOR_BROKER
 set -u
 bench=$1
@@ -92,8 +92,8 @@ run "scale-ready --restart-signal=term" --mode=sync --phases=scale-ready --scale
 has "$out" "^system=errand mode=sync phase=scale-ready jobs=1500 .*acked=sync status=ok .* restart_signal=term .* recovered_jobs=1500$" \
     "no ok scale-ready line for --restart-signal=term"
 
-# The gRPC floor: every phase, async only, labelled system=grpc-floor, each
-# credit mode and unpacked acks (it answers each shape errand-broker does).
+# The gRPC floor: every phase, labelled system=grpc-floor, each credit mode
+# and unpacked acks (it answers each shape errand-broker does).
 server=$floor
 for shape in --credits=with-complete --credits=ack --credits=early --packed-acks=false; do
   run "errand-floor-broker $shape" --mode=async --n=200 --producers=2 \
@@ -106,18 +106,30 @@ for shape in --credits=with-complete --credits=ack --credits=early --packed-acks
   has "$out" "errand-bench summary: errand-floor-broker (the gRPC floor" \
       "the summary does not name the floor ($shape)"
 done
-# It cannot fsync: --mode=sync is refused, with the reason.
-out=$("$bench" --spawn-broker="$floor" --mode=sync --n=10 --phases=enqueue 2>&1)
-if [ $? -eq 0 ]; then
-  echo "FAIL: errand-bench --mode=sync against errand-floor-broker exited 0"
+# Sync mode adds its fsynced log: every phase ok, acknowledged as sync, with
+# fsyncs counted.
+run "errand-floor-broker --mode=sync" --mode=sync --n=200 --producers=2 --workers=2 \
+    --rate=500 --paced-n=100 --batch-size=50 --batch-n=1000 \
+    --phases=enqueue,drain,roundtrip,paced,batch --phase-timeout=60
+for phase in enqueue roundtrip paced batch; do
+  has "$out" "^system=grpc-floor mode=sync phase=$phase jobs=[0-9]* .* fsyncs=[1-9][0-9]* .*server_commit=sync acked=sync status=ok" \
+      "no ok grpc-floor sync line with fsyncs for phase=$phase"
+done
+has "$out" "^system=grpc-floor mode=sync phase=drain jobs=200 .*status=ok" \
+    "no ok grpc-floor sync line for phase=drain"
+# Its log needs a directory.
+out=$("$floor" --commit=sync 2>&1)
+rc=$?
+if [ $rc -ne 2 ]; then
+  echo "FAIL: errand-floor-broker --commit=sync without --data-dir exited $rc, expected 2"
   exit 1
 fi
-has "$out" "serves --commit=async only" "no reason given for refusing --commit=sync"
+has "$out" "commit=sync needs --data-dir" "no message for --commit=sync without --data-dir"
 server=$broker
 
 # --help names the floor.
 out=$("$bench" --help 2>&1)
-has "$out" "errand-floor-broker --mode=async measures the gRPC floor" "--help does not name the floor"
+has "$out" "errand-floor-broker measures the gRPC floor" "--help does not name the floor"
 
 # Bad flags: exit code 2 and a message naming the problem.
 bad() {

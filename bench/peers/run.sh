@@ -16,14 +16,16 @@
 # directory under a temp dir, runs peer-bench (bench/peers/peer_bench.cc) once
 # per producer count, stops the peer by PID and checks it is gone; then it runs
 # errand-bench against a fresh errand-broker per mode and producer count, and
-# against a fresh errand-floor-broker per producer count (async only: it
-# never writes).
+# against a fresh errand-floor-broker per mode and producer count (sync: its
+# log fsynced by group commit).
 #   sync   (acknowledged after fsync): beanstalkd -b DIR -f0; Redis appendonly
 #          with appendfsync always; RabbitMQ durable queue, persistent
-#          messages, publisher confirms (classic and quorum); errand --commit=sync.
+#          messages, publisher confirms (classic and quorum); errand and the
+#          floor --commit=sync.
 #          NATS: '-' (nats-server 2.9 has no setting to fsync each write).
 #   async  (acknowledged before fsync): beanstalkd -f1000; Redis appendfsync
-#          everysec; NATS JetStream file store; errand --commit=async.
+#          everysec; NATS JetStream file store; errand and the floor
+#          --commit=async.
 #          RabbitMQ: '-' (no setting confirms a persistent message before its
 #          fsync: a confirm waits for the disk or for the consumers).
 # The whole run is bounded by --budget seconds (plus starting and stopping the
@@ -273,7 +275,7 @@ count_runs() {
 # applies SYSTEM MODE: does the system have this mode at all?
 applies() {
   case "$1/$2" in
-    nats/sync | rabbitmq-classic/async | rabbitmq-quorum/async | grpc-floor/sync) return 1 ;;
+    nats/sync | rabbitmq-classic/async | rabbitmq-quorum/async) return 1 ;;
   esac
   return 0
 }
@@ -562,7 +564,7 @@ END {
   printf "enqueue/drain/roundtrip: jobs/s. paced: p99 ms from enqueue to completion.\n"
   printf "drain has no producers: it runs once, in the P=%s invocation.\n", drainp
   printf "errand/best: errand over the best peer (paced: best peer p99 over errand p99); > 1 means errand is ahead.\n"
-  if (("," systems ",") ~ /,grpc-floor,/) printf "grpc-floor: errand-bench against errand-floor-broker, no broker work behind gRPC (async only); floor/best: its ratio to the best peer, the ceiling for a gRPC broker with this client.\n"
+  if (("," systems ",") ~ /,grpc-floor,/) printf "grpc-floor: errand-bench against errand-floor-broker, no broker work behind gRPC (sync: plus an fsynced log); floor/best: its ratio to the best peer, the ceiling for a gRPC broker with this client.\n"
   printf "'-': not run (NATS sync: no fsync-per-write setting; RabbitMQ async: no confirm-before-fsync setting).\n\n"
   hdr = sprintf("%-6s %-9s %3s", "mode", "phase", "P")
   for (i = 1; i <= ns; i++) hdr = hdr sprintf(" %16s", sys[i])

@@ -36,7 +36,7 @@ left=$(ps -eo pid=,args= | grep -F "$TMP" | grep -v grep)
 
 want=0
 for row in sync:beanstalkd sync:redis sync:rabbitmq-classic sync:rabbitmq-quorum sync:errand \
-  async:beanstalkd async:redis async:nats async:errand async:grpc-floor; do
+  sync:grpc-floor async:beanstalkd async:redis async:nats async:errand async:grpc-floor; do
   mode=${row%%:*}
   system=${row#*:}
   for p in 1 4; do
