@@ -57,6 +57,8 @@
 #include "errand/v1/admin.grpc.pb.h"
 #include "errand/v1/jobs.grpc.pb.h"
 #include "errand/v1/workers.grpc.pb.h"
+#include "service/connect_acks.h"
+#include "service/stream_writer.h"
 
 namespace {
 
@@ -217,28 +219,19 @@ class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::
   uint32_t credits = 0;
   bool gone = false;
 
-  // Queues a message; with packed acks, the acks waiting go in front of it.
-  void Send(v1::ConnectResponse msg) {
-    {
-      std::lock_guard<std::mutex> l(out_mu_);
-      if (!acks_.empty()) {
-        for (auto& a : acks_) *msg.add_acks() = std::move(a);
-        acks_.clear();
-      }
-      outbox_.push_back(std::move(msg));
-    }
-    Kick();
-  }
+  // Queues a message; with packed acks, the acks held before it go with it.
+  void Send(v1::ConnectResponse msg) { writer_.Send(std::move(msg)); }
 
  private:
+  using Writer = errand::service::StreamWriter<WorkerConn, v1::ConnectResponse>;
+
   void OnReadDone(bool ok) override {
     if (!ok) {
-      Close();
+      writer_.Finish(grpc::Status::OK);
       return;
     }
     std::vector<Delivery> deliveries;
     auto self = shared_from_this();
-    bool flush_acks = false;
     if (in_.has_hello()) {
       packed_ = in_.hello().packed_acks();
       std::vector<std::string> qs(in_.hello().queues().begin(), in_.hello().queues().end());
@@ -249,109 +242,52 @@ class WorkerConn final : public grpc::ServerBidiReactor<v1::ConnectRequest, v1::
       const uint64_t rid = in_.request_id();
       if (in_.has_extend() || g_log == nullptr) {
         // Answered now (an extend writes nothing that needs an fsync, as
-        // errand's leases do not): with packed acks, in front of the
-        // delivery the credit below brings.
+        // errand's leases do not), held so that with packed acks it goes
+        // in front of the delivery the credit below brings.
         if (!in_.has_extend()) g_floor->CountWrite();
-        QueueAck(rid);
-        flush_acks = packed_;
+        writer_.Hold(Ack(rid));
       } else {
         // Sync mode: the outcome's record first; the next job's delivery
         // does not wait for it (errand leases it in the same commit group).
         g_floor->CountWrite();
         const size_t bytes = in_.has_complete() ? in_.complete().result().size() + 64 : 64;
-        Commit(bytes, [self, rid] {
-          self->QueueAck(rid);
-          self->FlushAcks();
-        });
+        Commit(bytes, [self, rid] { self->Send(Ack(rid)); });
       }
       if (in_.more_credits() > 0) g_floor->AddCredits(self, in_.more_credits(), &deliveries);
     }
     in_.Clear();
     StartRead(&in_);
     Deliver(deliveries);
-    if (flush_acks) FlushAcks();
+    writer_.Flush();  // what was held and no delivery took
   }
 
-  // The ack of request `rid`: held for the next message with packed acks,
-  // else a message of its own.
-  void QueueAck(uint64_t rid) {
-    v1::ConnectAck ack;
-    ack.set_request_id(rid);
-    if (packed_) {
-      std::lock_guard<std::mutex> l(out_mu_);
-      acks_.push_back(std::move(ack));
-      return;
-    }
+  static v1::ConnectResponse Ack(uint64_t rid) {
     v1::ConnectResponse r;
-    *r.mutable_ack() = std::move(ack);
-    Send(std::move(r));
+    r.mutable_ack()->set_request_id(rid);
+    return r;
   }
 
-  // Acks no delivery took: a message of their own.
-  void FlushAcks() {
-    bool left;
-    {
-      std::lock_guard<std::mutex> l(out_mu_);
-      left = !acks_.empty();
-    }
-    if (left) Send(v1::ConnectResponse());
-  }
-
-  void OnWriteDone(bool ok) override {
-    {
-      std::lock_guard<std::mutex> l(out_mu_);
-      writing_ = false;
-      if (!ok) outbox_.clear();
-    }
-    Kick();
-  }
+  void OnWriteDone(bool ok) override { writer_.OnWriteDone(ok); }
 
   void OnDone() override {
     g_floor->Gone(this);
     self_.reset();  // may delete this
   }
 
-  // Starts the next write, or Finish once closing and idle.
-  void Kick() {
-    bool finish = false;
-    {
-      std::lock_guard<std::mutex> l(out_mu_);
-      if (writing_ || finished_) return;
-      if (closing_) {
-        finish = finished_ = true;
-      } else {
-        if (outbox_.empty()) return;
-        out_ = std::move(outbox_.front());
-        outbox_.pop_front();
-        writing_ = true;
-      }
-    }
-    if (finish) {
-      Finish(grpc::Status::OK);
-    } else {
-      StartWrite(&out_);
-    }
-  }
-
-  void Close() {
-    {
-      std::lock_guard<std::mutex> l(out_mu_);
-      closing_ = true;
-      outbox_.clear();
-    }
-    Kick();
-  }
-
   std::shared_ptr<WorkerConn> self_;
   v1::ConnectRequest in_;
   std::atomic<bool> packed_{false};  // set by the hello, before any ack
-  std::mutex out_mu_;
-  std::vector<v1::ConnectAck> acks_;
-  std::deque<v1::ConnectResponse> outbox_;
-  v1::ConnectResponse out_;
-  bool writing_ = false;
-  bool closing_ = false;
-  bool finished_ = false;
+  // As errand-broker's worker stream writes: one message at a time, the
+  // acks queued in front of a message packed into it when the hello asked.
+  Writer writer_{this,
+                 [this](std::deque<v1::ConnectResponse>& q, v1::ConnectResponse* out) {
+                   if (packed_) {
+                     errand::service::PackConnectAcks(q, out);
+                   } else {
+                     Writer::PackOne(q, out);
+                   }
+                 },
+                 [this] { writer_.Finish(grpc::Status::OK); }};
 };
 
 std::string Floor::Enqueue(const std::string& queue, std::string payload,
@@ -427,7 +363,8 @@ void Deliver(std::vector<Delivery>& deliveries) {
 
 // Jobs.EnqueueStream: every request of a message (and its `more`) answered
 // in one message (in sync mode once its record is durable); answers made
-// while a write is in flight go out together after it.
+// while a write is in flight go out together after it, as errand-broker's
+// writer packs them.
 class EnqueueConn final
     : public grpc::ServerBidiReactor<v1::EnqueueStreamRequest, v1::EnqueueStreamResponse>,
       public std::enable_shared_from_this<EnqueueConn> {
@@ -440,29 +377,17 @@ class EnqueueConn final
   }
 
  private:
-  // Adds `a` to `into`: its first answer at the top, the others in `more`.
-  static void Add(v1::EnqueueStreamResponse a, v1::EnqueueStreamResponse* into) {
-    if (into->request_id() == 0) {
-      *into = std::move(a);
-    } else {
-      *into->add_more() = std::move(a);
-    }
-  }
-  // Adds every answer `from` holds (its own and its `more`) to `into`.
-  static void Append(v1::EnqueueStreamResponse from, v1::EnqueueStreamResponse* into) {
-    auto more = std::move(*from.mutable_more());
-    from.clear_more();
-    Add(std::move(from), into);
-    for (auto& m : more) Add(std::move(m), into);
-  }
+  using Writer = errand::service::StreamWriter<EnqueueConn, v1::EnqueueStreamResponse>;
 
   void OnReadDone(bool ok) override {
     if (!ok) {
+      bool done;
       {
         std::lock_guard<std::mutex> l(mu_);
         closing_ = true;
+        done = unanswered_ == 0;
       }
-      Kick();
+      if (done) writer_.Finish(grpc::Status::OK);
       return;
     }
     auto reqs = std::make_shared<std::vector<v1::EnqueueStreamRequest>>();
@@ -487,7 +412,6 @@ class EnqueueConn final
   // jobs, answer them in one message, deliver.
   void Answer(std::vector<v1::EnqueueStreamRequest>& reqs) {
     std::vector<Delivery> deliveries;
-    v1::EnqueueStreamResponse answers;
     for (auto& req : reqs) {
       v1::EnqueueStreamResponse a;
       a.set_request_id(req.request_id());
@@ -495,60 +419,30 @@ class EnqueueConn final
       res->set_job_id(g_floor->Enqueue(
           req.job().queue(), std::move(*req.mutable_job()->mutable_payload()), &deliveries));
       res->set_durability(Reached());
-      Add(std::move(a), &answers);
+      writer_.Hold(std::move(a));
     }
+    writer_.Flush();
+    bool done;
     {
       std::lock_guard<std::mutex> l(mu_);
       --unanswered_;
-      Append(std::move(answers), &pending_);
+      done = closing_ && unanswered_ == 0;
     }
-    Kick();
+    if (done) writer_.Finish(grpc::Status::OK);
     Deliver(deliveries);
   }
 
-  // Starts the next write, or Finish once the client is done and every
-  // request is answered.
-  void Kick() {
-    bool start = false;
-    bool finish = false;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (writing_ || finished_) return;
-      if (pending_.request_id() != 0) {
-        out_ = std::move(pending_);
-        pending_.Clear();
-        writing_ = start = true;
-      } else if (closing_ && unanswered_ == 0) {
-        finished_ = finish = true;
-      }
-    }
-    if (start) {
-      StartWrite(&out_);
-    } else if (finish) {
-      Finish(grpc::Status::OK);
-    }
-  }
-
-  void OnWriteDone(bool ok) override {
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      writing_ = false;
-      if (!ok) closing_ = true;
-    }
-    Kick();
-  }
+  void OnWriteDone(bool ok) override { writer_.OnWriteDone(ok); }
 
   void OnDone() override { self_.reset(); }  // may delete this
 
   std::shared_ptr<EnqueueConn> self_;
   v1::EnqueueStreamRequest in_;
   std::mutex mu_;
-  v1::EnqueueStreamResponse out_;
-  v1::EnqueueStreamResponse pending_;
   int unanswered_ = 0;  // messages read, not answered yet
-  bool writing_ = false;
   bool closing_ = false;
-  bool finished_ = false;
+  // A failed write: the client is gone, its reads end too (closing_).
+  Writer writer_{this, Writer::PackIntoMore, nullptr};
 };
 
 class JobsService final : public v1::Jobs::CallbackService {

@@ -101,13 +101,13 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Start(const Config& config) {
   // and answers unsynced writes at once; the syncer fsyncs.
   popts.write_on_post_thread = true;
   Broker* raw = b.get();
-  // The fsync thread answers what it fsynced in core itself when core is
-  // idle (queued behind the closure running otherwise), as a gRPC thread
-  // does. Handing every group's answers to the core thread cost a wake-up
-  // and 1.5 context switches per job in sync mode, more than the next
-  // fsync loses by starting after at most 32 closures: sync roundtrip
-  // 3,337-3,733 -> 3,800 jobs/s at 4 producers, paced p50 ~1.0 -> 0.86 ms.
-  popts.deliver_post = [raw](std::function<void()> fn) { raw->exec_.Run(std::move(fn)); };
+  // No deliver_post: the fsync thread hands the answers to what it fsynced
+  // to `post` too, so it runs them in core itself when core is idle (queued
+  // behind the closure running otherwise), as a gRPC thread does. Handing
+  // every group's answers to the core thread cost a wake-up and 1.5 context
+  // switches per job in sync mode, more than the next fsync loses by
+  // starting after at most 32 closures: sync roundtrip 3,337-3,733 -> 3,800
+  // jobs/s at 4 producers, paced p50 ~1.0 -> 0.86 ms.
   b->pipeline_ = std::make_unique<commit::CommitPipeline>(
       b->store_.get(), popts,
       [raw](std::function<void()> fn) { raw->exec_.Run(std::move(fn)); }, *last_seq,

@@ -12,15 +12,17 @@
 
 namespace errand::dispatch {
 
-// Job ids keyed by a time: lease deadlines, run_at times of scheduled jobs.
-// The broker arms one timer at Earliest() instead of one per job (as
-// beanstalkd's prottick does). A B-tree: millions of scheduled jobs cost
-// ~20 bytes each, not a 64-byte std::set node.
+// Job ids keyed by a time: lease deadlines, run_at times of scheduled jobs
+// (on util::Clock), the deadlines of long polls (on the steady clock, see
+// WaitDeadlines). The broker arms one timer at Earliest() instead of one per
+// job (as beanstalkd's prottick does). A B-tree: millions of scheduled jobs
+// cost ~20 bytes each, not a 64-byte std::set node.
 //
 // Thread: core. Not synchronised.
-class DeadlineSet {
+template <class Time>
+class BasicDeadlineSet {
  public:
-  using TimePoint = util::Clock::TimePoint;
+  using TimePoint = Time;
 
   void Add(TimePoint t, uint64_t job_id) { set_.emplace(t, job_id); }
   bool Remove(TimePoint t, uint64_t job_id) { return set_.erase({t, job_id}) > 0; }
@@ -51,5 +53,7 @@ class DeadlineSet {
  private:
   absl::btree_set<std::pair<TimePoint, uint64_t>> set_;
 };
+
+using DeadlineSet = BasicDeadlineSet<util::Clock::TimePoint>;
 
 }  // namespace errand::dispatch

@@ -289,11 +289,7 @@ class Engine {
   template <typename H>
   auto OnCore(H h) {
     return [this, h = std::move(h)](const std::error_code& ec) mutable {
-      if (!options_.on_core) {
-        h(ec);
-        return;
-      }
-      options_.on_core([h, ec]() mutable { h(ec); });
+      EnterCore([h, ec]() mutable { h(ec); });
     };
   }
   // Runs `fn` in core (EngineOptions::on_core), from a timer's handler.

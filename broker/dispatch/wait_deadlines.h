@@ -1,7 +1,5 @@
 #pragma once
 
-#include <absl/container/btree_set.h>
-
 #include <asio/io_context.hpp>
 #include <asio/steady_timer.hpp>
 #include <chrono>
@@ -10,6 +8,8 @@
 #include <optional>
 #include <utility>
 #include <vector>
+
+#include "dispatch/deadline_set.h"
 
 namespace errand::dispatch {
 
@@ -43,26 +43,28 @@ class WaitDeadlines {
 
   // `id`'s wait ends at `at` unless it is removed first.
   void Add(Time at, uint64_t id) {
-    set_.emplace(at, id);
+    set_.Add(at, id);
     Arm();
   }
   // The same (at, id) that was added; false when it was not there (it fired).
-  bool Remove(Time at, uint64_t id) { return set_.erase({at, id}) > 0; }
+  bool Remove(Time at, uint64_t id) { return set_.Remove(at, id); }
   size_t size() const { return set_.size(); }
   // When the timer is armed for (tests): nullopt when it is not.
   std::optional<Time> armed_at() const { return armed_; }
   // No deadline fires after this; a handler already on its way does nothing.
   void Stop() {
     stopped_ = true;
-    set_.clear();
+    set_ = {};
     armed_.reset();
     timer_.cancel();
   }
 
  private:
   void Arm() {
-    if (stopped_ || set_.empty()) return;
-    const Time at = set_.begin()->first;
+    if (stopped_) return;
+    const std::optional<Time> earliest = set_.Earliest();
+    if (!earliest) return;
+    const Time at = *earliest;
     if (armed_ && *armed_ <= at) return;  // fires early enough already
     armed_ = at;
     // Replacing the expiry cancels the wait in progress (its handler sees
@@ -83,12 +85,7 @@ class WaitDeadlines {
     // A wait armed meanwhile for an earlier time may still be pending; it
     // fires with nothing due, which costs nothing but a look.
     armed_.reset();
-    const Time now = std::chrono::steady_clock::now();
-    std::vector<uint64_t> due;
-    while (!set_.empty() && set_.begin()->first <= now) {
-      due.push_back(set_.begin()->second);
-      set_.erase(set_.begin());
-    }
+    std::vector<uint64_t> due = set_.PopDue(std::chrono::steady_clock::now());
     if (!due.empty()) due_(std::move(due));
     Arm();
   }
@@ -96,7 +93,7 @@ class WaitDeadlines {
   asio::steady_timer timer_;
   OnCore on_core_;
   Due due_;
-  absl::btree_set<std::pair<Time, uint64_t>> set_;
+  BasicDeadlineSet<Time> set_;
   std::optional<Time> armed_;
   bool stopped_ = false;
 };

@@ -13,6 +13,7 @@
 
 #include "errand/v1/workers.pb.h"
 #include "auth/authenticator.h"
+#include "service/connect_acks.h"
 #include "service/context.h"
 
 namespace errand::service {
@@ -47,13 +48,6 @@ class WorkerRegistry {
   std::vector<std::weak_ptr<asio::steady_timer>> timers_;
   bool stopping_ = false;
 };
-
-// The next message for a worker whose hello set packed_acks, from what
-// queued (never empty): the acks at the front (at most kMaxPackedConnectAcks)
-// go into `acks`, then the message after them, if any, is the kind. Order is
-// kept: an ack queued after a delivery waits for the next message.
-constexpr size_t kMaxPackedConnectAcks = 256;
-void PackConnectAcks(std::deque<v1::ConnectResponse>& queued, v1::ConnectResponse* out);
 
 // Workers.Connect: credits in, deliveries out, completions, failures and
 // extensions answered on the same stream; cancel requests pushed. When the
